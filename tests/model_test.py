@@ -1,0 +1,74 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charlm import model as model_lib
+from charlm.errors import CharLMError
+
+
+def _init(m, batch=3, length=7):
+    tokens = jax.random.randint(jax.random.key(1), (batch, length), 0, m.vocab_size)
+    params = m.init(jax.random.key(0), m.init_carry(batch), tokens)['params']
+    return params, tokens
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
+def test_shapes(cell):
+    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8, 6), cell=cell)
+    params, tokens = _init(m)
+    carry, logits = m.apply({'params': params}, m.init_carry(3), tokens)
+    assert logits.shape == (3, 7, 11) and logits.dtype == jnp.float32
+    assert jax.tree.map(jnp.shape, carry) == jax.tree.map(jnp.shape, m.init_carry(3))
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
+def test_scan_equals_python_loop_over_the_same_cell(cell):
+    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8, 6), cell=cell,
+                              unroll=3)
+    params, tokens = _init(m)
+    _, logits = m.apply({'params': params}, m.init_carry(3), tokens)
+    # Step the same Flax cells by hand, one time step at a time.
+    x = params['embed']['embedding'][tokens]
+    cls = model_lib.CELLS[cell]
+    carry = list(m.init_carry(3))
+    outs = []
+    for t in range(tokens.shape[1]):
+        h = x[:, t]
+        for i, size in enumerate(m.hidden_sizes):
+            carry[i], h = cls(features=size).apply({'params': params[f'{cell}_{i}']}, carry[i], h)
+        outs.append(h)
+    head = params['head']
+    expected = jnp.stack(outs, 1) @ head['kernel'] + head['bias'][None, None]
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_carry_continues_across_calls():
+    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8,))
+    params, tokens = _init(m, length=10)
+    _, whole = m.apply({'params': params}, m.init_carry(3), tokens)
+    carry, first = m.apply({'params': params}, m.init_carry(3), tokens[:, :4])
+    _, second = m.apply({'params': params}, carry, tokens[:, 4:])
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_sizes():
+    assert model_lib.hidden_sizes_from(2, 256) == (256, 256)
+    assert model_lib.hidden_sizes_from(2, 256, (150, 100)) == (150, 100)
+    assert model_lib.hidden_sizes_from(0, 256, [150, 100]) == (150, 100)
+    with pytest.raises(CharLMError, match='num_layers'):
+        model_lib.hidden_sizes_from(3, 256, (150, 100))
+
+
+def test_unknown_cell():
+    with pytest.raises(CharLMError, match='unknown model.cell'):
+        model_lib.RecurrentLM(vocab_size=5, cell='transformer')
+
+
+def test_summary_counts_parameters():
+    m = model_lib.RecurrentLM(vocab_size=10, embed_dim=4, hidden_sizes=(8,))
+    params, _ = _init(m)
+    text = model_lib.summary(m, params)
+    # embed 10*4, LSTM 4*(4*8 + 8*8 + 8), head 8*10 + 10
+    assert f'{40 + 4 * (32 + 64 + 8) + 90:,}' in text.splitlines()[-1]
+    assert model_lib.count_params(params) == 40 + 416 + 90

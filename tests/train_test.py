@@ -1,0 +1,206 @@
+import functools
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import jax_utils
+
+from charlm import checkpointing, data, metric_writer, train
+from charlm.errors import CharLMError
+
+
+def _setup(config, seed=0):
+    corpus = train.load_corpus(config)
+    model = train.make_model(config, corpus.tokenizer.vocab_size)
+    state = train.create_state(model, train.make_optimizer(config), jax.random.key(seed))
+    return corpus, model, state
+
+
+def _global_batch(corpus, config, step=0):
+    layout = data.Layout(config.batch_size, 1, 1)
+    b = data.train_batch(corpus.tokens['train'], config.data.seq_len, step, config.seed, layout)
+    return {k: v[0] for k, v in b.items()}  # [N, T]
+
+
+def test_pmapped_step_on_four_devices(tiny_config):
+    assert jax.local_device_count() == 4
+    corpus, model, state = _setup(tiny_config)
+    steps = train.parallel_steps(model)
+    before = jax.device_get(state.params)
+    layout = data.Layout(tiny_config.batch_size, 4, 4)
+    batch = data.train_batch(corpus.tokens['train'], tiny_config.data.seq_len, 0, 0, layout)
+    new, metrics = steps.train(jax_utils.replicate(state), batch, jax.random.key(1))
+    loss = float(metrics['nll_sum'][0] / metrics['count'][0])
+    assert np.isfinite(loss) and metrics['count'][0] == tiny_config.batch_size * 16
+    for leaf in jax.tree.leaves(new.params):  # replicas identical after the pmean
+        np.testing.assert_array_equal(leaf[0], leaf[3])
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b[0]), before, new.params)
+    assert all(jax.tree.leaves(changed))
+
+
+def test_four_devices_equal_one_with_the_same_global_batch(tiny_config):
+    tiny_config.learning_rate = 0.05  # a large step makes any mismatch visible
+    corpus, model, state = _setup(tiny_config)
+    batch = _global_batch(corpus, tiny_config)
+    one = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    s1, m1 = one(state, batch, jax.random.key(1))
+    s1, m1 = one(s1, _global_batch(corpus, tiny_config, 1), jax.random.key(1))
+    steps = train.parallel_steps(model)
+    layout = data.Layout(tiny_config.batch_size, 4, 4)
+    s4 = jax_utils.replicate(state)
+    for step in range(2):
+        b = data.train_batch(corpus.tokens['train'], 16, step, 0, layout)
+        s4, m4 = steps.train(s4, b, jax.random.key(1))
+    np.testing.assert_allclose(m1['nll_sum'], m4['nll_sum'][0], rtol=1e-5)
+    np.testing.assert_allclose(m1['grad_norm'], m4['grad_norm'][0], rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[0], rtol=1e-4, atol=1e-6),
+                 s1.params, s4.params)
+
+
+def test_golden_loss_after_one_step(tiny_config):
+    """Update these numbers only for an intended change, and say so in the commit."""
+    corpus, model, state = _setup(tiny_config)
+    assert corpus.tokenizer.vocab_size == 35
+    batch = _global_batch(corpus, tiny_config)
+    step = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    state, metrics = step(state, batch, jax.random.key(1))
+    first = float(metrics['nll_sum'] / metrics['count'])
+    _, metrics = step(state, batch, jax.random.key(1))
+    second = float(metrics['nll_sum'] / metrics['count'])
+    assert (round(first, 4), round(second, 4)) == pytest.approx(GOLDEN, abs=2e-4)
+
+
+GOLDEN = (3.5466, 3.5422)
+
+
+def test_eval_is_exact_and_device_count_independent(tiny_config):
+    corpus, model, state = _setup(tiny_config)
+    val = corpus.tokens['val']
+    e4 = train.evaluate(train.parallel_steps(model).eval, jax_utils.replicate(state.params),
+                        val, 16, data.Layout(8, 4, 4))
+    # Reference: the whole validation split, window by window, on one device.
+    eval_one = jax.jit(functools.partial(train.eval_step, model=model, axis_name=None))
+    nll = count = 0.0
+    for b in data.eval_batches(val, 16, data.Layout(3, 1, 1)):
+        out = eval_one(state.params, {k: v[0] for k, v in b.items()})
+        nll += float(out['nll_sum'])
+        count += float(out['count'])
+    assert count == len(val) - 1 == e4['tokens']
+    assert e4['loss'] == pytest.approx(nll / count, rel=1e-5)
+    assert e4['bits_per_char'] == pytest.approx(e4['loss'] / np.log(2), rel=1e-6)
+
+
+def test_train_and_evaluate_writes_checkpoints_and_events(tiny_config, tmp_path):
+    workdir = tmp_path / 'run'
+    out = train.train_and_evaluate(tiny_config, str(workdir))
+    assert out['step'] == 20 and np.isfinite(out['val_loss'])
+    assert (workdir / 'checkpoints' / '20').is_dir()
+    assert (workdir / 'best' / str(out['best_step'])).is_dir()
+    scalars = metric_writer.read_scalars(str(workdir))
+    assert [s for s, _ in scalars['train/loss']] == [5, 10, 15, 20]
+    assert [s for s, _ in scalars['val/loss']] == [10, 20]
+    assert scalars['val/loss'][-1][1] == pytest.approx(out['val_loss'], rel=1e-6)
+    for tag in ('val/bits_per_char', 'val/perplexity', 'train/learning_rate',
+                'train/grad_norm', 'train/chars_per_second'):
+        assert tag in scalars
+    saved = checkpointing.Checkpoints(str(workdir)).read_json()
+    assert saved['tokenizer']['kind'] == 'char' and saved['config']['model']['hidden_size'] == 16
+
+
+def _final_params(workdir):
+    ckpts = checkpointing.Checkpoints(str(workdir), create=False)
+    step = ckpts.latest_step()
+    return step, ckpts.restore_state_raw(step)
+
+
+def test_stop_and_resume_equals_uninterrupted(tiny_config, tmp_path):
+    tiny_config.model.dropout_rate = 0.2  # the dropout stream must resume too
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
+    out = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=7)
+    assert out['step'] == 7 and 'stop_at' in out['stop_reason']
+    out = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'))
+    assert out['step'] == 20
+    a, b = _final_params(tmp_path / 'straight'), _final_params(tmp_path / 'pieces')
+    assert a[0] == b[0] == 20
+    jax.tree.map(np.testing.assert_array_equal, a[1], b[1])
+
+
+def test_early_stopping(tiny_config, tmp_path):
+    tiny_config.learning_rate = 0.0  # never improves after the first eval
+    tiny_config.end_lr_fraction = 0.0
+    tiny_config.eval_every_steps = 2
+    tiny_config.early_stopping_patience = 2
+    out = train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    assert out['step'] == 6 and 'early stopping' in out['stop_reason']
+    assert out['best_step'] == 2
+
+
+def test_divergence_is_a_clear_error(tiny_config, tmp_path):
+    tiny_config.learning_rate = 1e38  # parameters overflow to inf, the loss to nan
+    tiny_config.grad_clip_norm = 1e30
+    with pytest.raises(CharLMError, match='training diverged'):
+        train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+
+
+def _snapshot(workdir: pathlib.Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in workdir.rglob('*') if p.is_file() and 'tfevents' not in p.name}
+
+
+@pytest.fixture
+def trained_workdir(tiny_config, tmp_path):
+    workdir = tmp_path / 'trained'
+    tiny_config.num_train_steps = 10
+    train.train_and_evaluate(tiny_config, str(workdir))
+    return workdir
+
+
+@pytest.mark.parametrize('change,match', [
+    (lambda c, p: setattr(c.model, 'hidden_size', 32), 'different model'),
+    (lambda c, p: setattr(c.model, 'cell', 'gru'), 'different model'),
+    (lambda c, p: setattr(c.data, 'path', p), 'different vocabulary'),
+])
+def test_mismatched_workdir_is_refused_and_untouched(tiny_config, trained_workdir, tmp_path,
+                                                     change, match):
+    other = tmp_path / 'other.txt'
+    other.write_text('completely different letters: xyzzy QWERTY 12345\n' * 50)
+    before = _snapshot(trained_workdir)
+    change(tiny_config, str(other))
+    with pytest.raises(CharLMError, match=match):
+        train.train_and_evaluate(tiny_config, str(trained_workdir))
+    assert _snapshot(trained_workdir) == before
+
+
+def test_indivisible_batch(tiny_config, tmp_path):
+    tiny_config.batch_size = 6
+    with pytest.raises(CharLMError, match='not divisible by the 4 devices'):
+        train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+
+
+def test_corpus_too_short_for_a_validation_window(tiny_config, tmp_path):
+    short = tmp_path / 'short.txt'
+    short.write_text('To be, or not to be, that is the question.\n' * 3)
+    tiny_config.data.path = str(short)
+    with pytest.raises(CharLMError, match='val split has 12 characters'):
+        train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_unwritable_workdir(tiny_config, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    with pytest.raises(CharLMError, match='not writable'):
+        train.train_and_evaluate(tiny_config, str(blocker / 'run'))
+    if os.geteuid() != 0:  # root writes anywhere; the check above still holds
+        locked = tmp_path / 'locked'
+        locked.mkdir(mode=0o500)
+        with pytest.raises(CharLMError, match='not writable'):
+            train.check_workdir(str(locked))
+
+
+def test_state_is_float32(tiny_config):
+    _, _, state = _setup(tiny_config)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
