@@ -1,18 +1,35 @@
 """Generation as one compiled loop: prime the carry on the prompt, then a fixed-length scan.
 
-Decoding order for each token: top-k (keep the k most likely, 0 = off), then top-p
-(keep the smallest set whose probability reaches p, 1.0 = off; computed on the top-k
-renormalised distribution), then temperature (0 = greedy argmax). Token t of stream b
-uses the key fold_in(fold_in(key, b), t), with t counted from the end of the prompt, so
-the same key gives the same text whatever the chunk size, and streams differ.
+  ids_BxL = sampler.sample_ids(model, params, tokenizer.encode('ROMEO:'), 500, key,
+                               num_samples=3, temperature=0.8, top_k=20, top_p=0.95)
 
-Works on token ids for any tokenizer; decoding to text is the tokenizer's job.
+Decoding, for every token of every stream, in this order:
+  1. top-k: keep the k most likely tokens (top_k=0: off);
+  2. top-p (nucleus): of those, keep the smallest most-likely set whose probability,
+     renormalised over the survivors of 1, reaches p (top_p=1: off). A token tied with
+     the last one kept is kept too;
+  3. temperature: divide the kept logits by it and draw (temperature=0: greedy argmax).
+The nucleus is measured before the temperature: the temperature reweights the kept
+tokens but never changes which are kept.
+
+Randomness: stream j draws its token t (counted from the end of the prompt) with the key
+fold_in(fold_in(key, j), t). The same key therefore gives the same text whatever the
+chunk size or the number of streams, and the streams differ. A draw is a Gumbel argmax,
+so with several temperatures at once (`temperature=(0.5, 1.0)`) stream j sees the same
+noise at every temperature: only the temperature differs between them.
+
+Sizes that change shapes (chunk length, top_k, streams) and the switches that remove work
+(greedy: no random numbers; top_p=1: no sort) are static, so each combination compiles
+once; temperatures are traced. Prompts are primed once and the carry broadcast to all
+streams. The sampler works on token ids for any tokenizer: text in and out is the
+tokenizer's job (`encode_prompt`, `decode_continuation`, `sample_text`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,104 +37,188 @@ import numpy as np
 
 from charlm.errors import CharLMError
 
+CHUNK = 128  # tokens per compiled call when streaming: memory does not grow with length
+
 
 def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float | jax.Array = 1.0
                   ) -> jax.Array:
-    """Logits with everything outside the top-k and the nucleus set to -inf."""
+    """Logits with every token outside the top-k, then outside the nucleus, set to -inf.
+
+    `top_k` is static. A Python `top_p >= 1` skips the sort altogether.
+    """
+    sorted_BxK = None
     if top_k:
-        kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
-        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+        sorted_BxK = jax.lax.top_k(logits_BxV, top_k)[0]  # descending
+        logits_BxV = jnp.where(logits_BxV < sorted_BxK[:, -1:], -jnp.inf, logits_BxV)
+    if isinstance(top_p, int | float) and top_p >= 1:
+        return logits_BxV
+    if sorted_BxK is None:
+        sorted_BxK = jnp.flip(jnp.sort(logits_BxV, axis=-1), axis=-1)
+    probs_BxK = jax.nn.softmax(sorted_BxK, axis=-1)  # renormalised over the top-k
     # A token stays if the tokens more likely than it hold less than top_p.
-    before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-    kept = jnp.where((before_BxV < top_p) | (top_p >= 1.0), sorted_BxV, jnp.inf)
-    cutoff_Bx1 = jnp.min(kept, axis=-1, keepdims=True)
+    before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+    cutoff_Bx1 = jnp.min(jnp.where(before_BxK < top_p, sorted_BxK, jnp.inf), axis=-1,
+                         keepdims=True)
     return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
 
 
-def choose(key_B: jax.Array, logits_BxV: jax.Array, temperature, top_k: int, top_p
-           ) -> jax.Array:
-    """One token per stream: int32[B]."""
+def choose(keys_B: jax.Array, logits_BxV: jax.Array, temperature_B: jax.Array | float,
+           top_k: int = 0, top_p: float | jax.Array = 1.0, greedy: bool = False) -> jax.Array:
+    """One token per stream, int32[B]: filter, then argmax (temperature 0) or draw.
+
+    `greedy=True` (static) means every temperature is 0: no random numbers are made.
+    """
     logits_BxV = filter_logits(logits_BxV, top_k, top_p)
-    greedy_B = jnp.argmax(logits_BxV, axis=-1)
-    scaled = logits_BxV / jnp.maximum(temperature, 1e-6)
-    sampled_B = jax.vmap(jax.random.categorical)(key_B, scaled)
-    return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+    argmax_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    if greedy:
+        return argmax_B
+    temperature_B = jnp.broadcast_to(jnp.asarray(temperature_B, jnp.float32),
+                                     logits_BxV.shape[:1])
+    hot_B = temperature_B > 0
+    scaled_BxV = logits_BxV / jnp.where(hot_B, temperature_B, 1.0)[:, None]
+    sampled_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BxV).astype(jnp.int32)
+    return jnp.where(hot_B, sampled_B, argmax_B)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def prime(model, params, carry, prompt_BxP: jax.Array):
-    """Runs the whole prompt in one call: (carry after it, logits for the next token)."""
+    """Runs the whole prompt in one call: (carry after it, logits_BxV for the next token)."""
     carry, logits_BxPxV = model.apply({'params': params}, carry, prompt_BxP)
     return carry, logits_BxPxV[:, -1]
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'length', 'top_k'))
-def generate(model, params, carry, logits_BxV, keys_B, start, length: int, temperature=1.0,
-             top_k: int = 0, top_p=1.0):
-    """`length` tokens per stream from (carry, logits); returns (carry, logits, tokens_BxL).
+@functools.partial(jax.jit, static_argnames=('model', 'length', 'top_k', 'top_p', 'greedy',
+                                             'unroll'))
+def generate(model, params, carry, logits_BxV: jax.Array, keys_B: jax.Array, start: jax.Array,
+             temperature_B: jax.Array, *, length: int, top_k: int = 0, top_p: float = 1.0,
+             greedy: bool = False, unroll: int = 1):
+    """`length` tokens per stream from (carry, logits): (carry, logits_BxV, tokens_BxL).
 
-    `keys_B` holds one key per stream; `start` is the index of the first token generated
-    here, so chunks chained by their carry equal one long call.
+    `keys_B` holds one key per stream; `start` is the index of the first token drawn
+    here, so chunks chained by their carry equal one long call token for token.
     """
     def body(state, t):
         carry, logits_BxV = state
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys_B)
-        tokens_B = choose(step_keys, logits_BxV, temperature, top_k, top_p)
+        step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, t)
+        tokens_B = choose(step_keys_B, logits_BxV, temperature_B, top_k, top_p, greedy)
         carry, logits_Bx1xV = model.apply({'params': params}, carry, tokens_B[:, None])
         return (carry, logits_Bx1xV[:, 0]), tokens_B
 
     (carry, logits_BxV), tokens_LxB = jax.lax.scan(
-        body, (carry, logits_BxV), start + jnp.arange(length))
+        body, (carry, logits_BxV), start + jnp.arange(length, dtype=jnp.int32), unroll=unroll)
     return carry, logits_BxV, tokens_LxB.T
 
 
-def check_options(length: int, temperature: float, top_k: int, top_p: float, num_samples: int,
-                  vocab_size: int) -> None:
+def temperatures(temperature: float | Sequence[float]) -> tuple[float, ...]:
+    """A temperature or a sequence of them, as a tuple of floats."""
+    if isinstance(temperature, str | bytes):
+        raise CharLMError(f'temperature must be a number, got {temperature!r}')
+    values = np.atleast_1d(np.asarray(temperature, dtype=np.float64))
+    if values.ndim != 1 or values.size == 0:
+        raise CharLMError(f'temperature must be a number or a list of numbers, got '
+                          f'{temperature!r}')
+    return tuple(float(t) for t in values)
+
+
+def check_options(length: int, temperature: float | Sequence[float], top_k: int, top_p: float,
+                  num_samples: int, vocab_size: int | None = None) -> None:
+    """Raises CharLMError for a setting the sampler cannot honour (vocab_size None: unchecked)."""
     if length <= 0:
         raise CharLMError(f'length must be positive, got {length}')
     if num_samples <= 0:
         raise CharLMError(f'num_samples must be positive, got {num_samples}')
-    if not temperature >= 0:
-        raise CharLMError(f'temperature must be >= 0 (0 = greedy), got {temperature}')
-    if not 0 <= top_k <= vocab_size:
-        raise CharLMError(f'top_k must be between 0 (off) and the vocabulary size {vocab_size}, '
-                          f'got {top_k}')
+    for t in temperatures(temperature):
+        if not 0 <= t < math.inf:
+            raise CharLMError(f'temperature must be a number >= 0 (0 = greedy), got {t:g}')
+    if top_k < 0 or (vocab_size is not None and top_k > vocab_size):
+        upper = f' and the vocabulary size {vocab_size}' if vocab_size is not None else ''
+        raise CharLMError(f'top_k must be between 0 (off){upper}, got {top_k}')
     if not 0 < top_p <= 1:
-        raise CharLMError(f'top_p must be in (0, 1] (1 = off), got {top_p}')
+        raise CharLMError(f'top_p must be in (0, 1] (1 = off), got {top_p:g}')
 
 
-def stream(model, params, prompt_ids: np.ndarray, length: int, key: jax.Array, *,
-           num_samples: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           chunk: int = 128) -> Iterator[np.ndarray]:
-    """Yields int32[num_samples, <=chunk] blocks of generated ids until `length` are out.
+def _chunks(length: int, chunk: int) -> tuple[int, int]:
+    """(number of calls, tokens per call): equal calls, so one compile, < calls wasted."""
+    calls = -(-length // chunk)
+    return calls, -(-length // calls)
 
-    Memory does not grow with `length`: each chunk is one compiled scan, carry passed on.
+
+def stream(model, params, prompt_ids, length: int, key: jax.Array, *, num_samples: int = 1,
+           temperature: float | Sequence[float] = 1.0, top_k: int = 0, top_p: float = 1.0,
+           chunk: int = CHUNK, unroll: int = 1) -> Iterator[np.ndarray]:
+    """Yields int32[B, n] blocks of generated ids, n <= chunk, until `length` are out.
+
+    B = num_samples x len(temperatures): with several temperatures, row i*num_samples + j
+    is stream j at temperature i. Each block is one compiled scan with the carry passed
+    on, so memory does not grow with `length`; the next block is already being computed
+    while the caller handles this one.
     """
-    check_options(length, temperature, top_k, top_p, num_samples, model.vocab_size)
-    if len(prompt_ids) == 0:
-        raise CharLMError('the prompt has no tokens')
-    prompt_BxP = jnp.broadcast_to(jnp.asarray(prompt_ids, jnp.int32), (num_samples, len(prompt_ids)))
-    carry, logits_BxV = prime(model, params, model.init_carry(num_samples), prompt_BxP)
-    keys_B = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(num_samples))
-    temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
-    done = 0
-    while done < length:
-        # Every chunk but the last has one shape, so the scan compiles at most twice.
-        n = min(chunk, length - done)
+    temps = temperatures(temperature)
+    check_options(length, temps, top_k, top_p, num_samples, model.vocab_size)
+    prompt_ids = np.asarray(prompt_ids, dtype=np.int32).reshape(-1)
+    if prompt_ids.size == 0:
+        raise CharLMError('the prompt has no tokens: give a prompt or a start text')
+    if chunk <= 0:
+        raise CharLMError(f'chunk must be positive, got {chunk}')
+    batch = num_samples * len(temps)
+    # Every stream starts from the same prompt: prime it once and broadcast the carry.
+    carry, logits_1xV = prime(model, params, model.init_carry(1), jnp.asarray(prompt_ids)[None])
+    carry, logits_BxV = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (batch, *x.shape[1:])), (carry, logits_1xV))
+    stream_B = np.tile(np.arange(num_samples), len(temps))
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, stream_B)
+    temperature_B = jnp.asarray(np.repeat(temps, num_samples), jnp.float32)
+    static = dict(top_k=int(top_k), top_p=float(top_p), greedy=not any(temps),
+                  unroll=int(unroll))
+    calls, size = _chunks(length, chunk)
+    pending = None
+    for i in range(calls):
         carry, logits_BxV, ids_BxN = generate(model, params, carry, logits_BxV, keys_B,
-                                              jnp.int32(done), n, temperature, top_k, top_p)
-        done += n
-        yield np.asarray(ids_BxN)
+                                              jnp.int32(i * size), temperature_B,
+                                              length=size, **static)
+        if pending is not None:
+            yield np.asarray(pending)
+        pending = ids_BxN[:, :length - i * size]
+    yield np.asarray(pending)
 
 
-def sample_ids(model, params, prompt_ids, length, key, **kwargs) -> np.ndarray:
-    """All `length` generated ids at once: int32[num_samples, length]."""
+def sample_ids(model, params, prompt_ids, length: int, key: jax.Array, **kwargs) -> np.ndarray:
+    """All `length` generated ids at once: int32[B, length] (see `stream` for B)."""
     return np.concatenate(list(stream(model, params, prompt_ids, length, key, **kwargs)), axis=1)
 
 
-def sample_text(model, params, tokenizer, prompt: str, length: int, key, **kwargs) -> list[str]:
-    """Decoded continuations of `prompt` (the prompt itself not included), one per stream."""
-    ids = tokenizer.encode(prompt)
-    return [tokenizer.decode(row) for row in sample_ids(model, params, ids, length, key, **kwargs)]
+def encode_prompt(tokenizer, prompt: str, start: str = '\n', warn: bool = False) -> np.ndarray:
+    """The prompt's ids; an empty prompt starts from `start` (default a newline).
+
+    Characters outside a char vocabulary raise CharLMError naming them; words outside a
+    word vocabulary read as <unk> (with a warning if `warn`).
+    """
+    for text, what in ((prompt, 'prompt'), (start, 'start text')):
+        if not text:
+            continue
+        try:
+            ids = tokenizer.encode(text, warn=True) if warn and tokenizer.kind == 'word' else (
+                tokenizer.encode(text))
+        except CharLMError as e:
+            raise CharLMError(f'the {what} {text!r} has {e}') from None
+        if len(ids):
+            return ids
+    raise CharLMError(f'the prompt {prompt!r} and the start text {start!r} have no tokens: '
+                      'give a non-empty start text')
+
+
+def decode_continuation(tokenizer, context_ids, ids) -> str:
+    """Text of `ids` as it continues `context_ids` (so word spacing is right at the joint)."""
+    context = np.asarray(context_ids, dtype=np.int32).reshape(-1)[-1:]
+    if tokenizer.kind == 'char' or context.size == 0:
+        return tokenizer.decode(ids)
+    head = tokenizer.decode(context)
+    return tokenizer.decode(np.concatenate([context, np.asarray(ids, np.int32)]))[len(head):]
+
+
+def sample_text(model, params, tokenizer, prompt: str, length: int, key: jax.Array, *,
+                start: str = '\n', **kwargs) -> list[str]:
+    """Continuations of `prompt` (the prompt not included), one per stream: prompt + text."""
+    ids = encode_prompt(tokenizer, prompt, start)
+    return [decode_continuation(tokenizer, ids, row)
+            for row in sample_ids(model, params, ids, length, key, **kwargs)]

@@ -1,0 +1,236 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charlm import model as model_lib, sampler, tokenizers
+from charlm.errors import CharLMError
+
+V = 13
+
+
+@pytest.fixture(scope='module')
+def lm():
+    """A tiny 2-layer LSTM whose head is scaled up, so its distributions are peaked."""
+    m = model_lib.RecurrentLM(vocab_size=V, embed_dim=6, hidden_sizes=(16, 12))
+    params = jax.jit(m.init)(jax.random.key(0), m.init_carry(1), jnp.zeros((1, 1), jnp.int32))
+    params = dict(params['params'])
+    params['head'] = {'kernel': params['head']['kernel'] * 8, 'bias': params['head']['bias']}
+    return m, params
+
+
+PROMPT = np.array([3, 1, 4, 1, 5], np.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def step_logits(m, params, carry, token_B):
+    carry, logits = m.apply({'params': params}, carry, jnp.asarray(token_B, jnp.int32)[:, None])
+    return carry, logits[:, 0]
+
+
+choose = jax.jit(sampler.choose, static_argnums=(3, 4))
+
+
+def python_loop(m, params, prompt, length, key, num_samples, temperature, top_k=0, top_p=1.0):
+    """The reference: one model call per prompt token and per drawn token, in Python."""
+    carry = m.init_carry(num_samples)
+    for tok in prompt:
+        carry, logits = step_logits(m, params, carry, np.full(num_samples, tok))
+    keys = [jax.random.fold_in(key, b) for b in range(num_samples)]
+    out = []
+    for t in range(length):
+        step_keys = jnp.stack([jax.random.fold_in(k, t) for k in keys])
+        tokens = choose(step_keys, logits, temperature, top_k, top_p)
+        out.append(np.asarray(tokens))
+        carry, logits = step_logits(m, params, carry, tokens)
+    return np.stack(out, 1)
+
+
+def test_greedy_equals_top_k_1_equals_argmax_loop(lm):
+    m, params = lm
+    key = jax.random.key(7)
+    greedy = sampler.sample_ids(m, params, PROMPT, 20, key, num_samples=2, temperature=0.0)
+    top1 = sampler.sample_ids(m, params, PROMPT, 20, key, num_samples=2, temperature=1.0,
+                              top_k=1)
+    carry, logits = m.init_carry(1), None
+    expected = []
+    for tok in list(PROMPT) + [None] * 20:
+        if tok is None:
+            tok = int(np.argmax(np.asarray(logits)[0]))
+            expected.append(tok)
+        carry, logits = step_logits(m, params, carry, [tok])
+    np.testing.assert_array_equal(greedy, [expected] * 2)
+    np.testing.assert_array_equal(top1, greedy)
+    assert len(set(expected)) > 1  # not a degenerate model
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p', [(1.0, 0, 1.0), (0.7, 5, 0.8)])
+def test_scan_equals_python_loop_token_for_token(lm, temperature, top_k, top_p):
+    m, params = lm
+    key = jax.random.key(3)
+    got = sampler.sample_ids(m, params, PROMPT, 12, key, num_samples=3, temperature=temperature,
+                             top_k=top_k, top_p=top_p, chunk=5)
+    want = python_loop(m, params, PROMPT, 12, key, 3, temperature, top_k, top_p)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_prime_in_one_call_equals_one_token_at_a_time(lm):
+    m, params = lm
+    prompt = jnp.asarray(np.stack([PROMPT, PROMPT[::-1]]))
+    carry, last = sampler.prime(m, params, m.init_carry(2), prompt)
+    step_carry = m.init_carry(2)
+    for t in range(prompt.shape[1]):
+        step_carry, step_last = step_logits(m, params, step_carry, prompt[:, t])
+    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(step_carry), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last, step_last, rtol=1e-5, atol=1e-5)
+
+
+def teacher_forced_logits(m, params, prompt, ids_BxL):
+    """The logits each generated token was drawn from: logits_BxLxV."""
+    B = ids_BxL.shape[0]
+    tokens = np.concatenate([np.broadcast_to(PROMPT, (B, len(prompt))), ids_BxL], 1)
+    _, logits = m.apply({'params': params}, m.init_carry(B), jnp.asarray(tokens))
+    return np.asarray(logits[:, len(prompt) - 1:-1])
+
+
+def test_top_k_never_leaves_the_k_most_likely(lm):
+    m, params = lm
+    ids = sampler.sample_ids(m, params, PROMPT, 40, jax.random.key(1), num_samples=16,
+                             temperature=2.0, top_k=3)
+    logits = teacher_forced_logits(m, params, PROMPT, ids)
+    rank = (logits > np.take_along_axis(logits, ids[..., None], -1)).sum(-1)
+    assert rank.max() <= 2
+    assert (rank == 2).any()  # the hot temperature reaches the third token
+
+
+def test_top_p_never_leaves_the_nucleus(lm):
+    m, params = lm
+    top_p = 0.6
+    ids = sampler.sample_ids(m, params, PROMPT, 40, jax.random.key(2), num_samples=16,
+                             temperature=3.0, top_p=top_p)
+    logits = teacher_forced_logits(m, params, PROMPT, ids).astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    chosen = np.take_along_axis(probs, ids[..., None], -1)
+    mass_before = np.where(probs > chosen, probs, 0).sum(-1)  # tokens more likely than it
+    assert (mass_before < top_p + 1e-6).all()
+    nucleus = (np.sort(probs, -1)[..., ::-1].cumsum(-1) < top_p).sum(-1) + 1
+    assert (nucleus < V).all() and (nucleus > 1).any()  # the test is not vacuous
+
+
+def test_filter_logits_k_then_p():
+    logits = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]]))
+    kept = lambda **kw: np.isfinite(sampler.filter_logits(logits, **kw))  # noqa: E731
+    np.testing.assert_array_equal(kept(top_k=2)[0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(kept(top_p=0.6)[0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(kept(top_p=0.75)[1], [0, 1, 1, 1])
+    np.testing.assert_array_equal(kept(top_p=0.05)[1], [0, 0, 0, 1])
+    # p is measured on the top-k renormalised: 0.4 / 0.7 < 0.6 keeps the second token.
+    np.testing.assert_array_equal(kept(top_k=2, top_p=0.6)[0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(kept(top_k=3, top_p=0.4)[0], [1, 0, 0, 0])
+    np.testing.assert_array_equal(kept(top_k=0, top_p=1.0), np.ones((2, 4)))
+    # A traced top_p of 1 keeps everything too.
+    np.testing.assert_array_equal(np.isfinite(sampler.filter_logits(logits, 0, jnp.float32(1))),
+                                  np.ones((2, 4)))
+
+
+def test_streams_differ_and_the_same_seed_reproduces(lm):
+    m, params = lm
+    a = sampler.sample_ids(m, params, PROMPT, 30, jax.random.key(5), num_samples=4)
+    b = sampler.sample_ids(m, params, PROMPT, 30, jax.random.key(5), num_samples=4)
+    c = sampler.sample_ids(m, params, PROMPT, 30, jax.random.key(6), num_samples=4)
+    np.testing.assert_array_equal(a, b)
+    assert len({row.tobytes() for row in a}) == 4
+    assert not np.array_equal(a, c)
+    # A stream does not depend on how many run beside it.
+    one = sampler.sample_ids(m, params, PROMPT, 30, jax.random.key(5), num_samples=1)
+    np.testing.assert_array_equal(one[0], a[0])
+
+
+def test_chunked_generation_equals_one_long_scan(lm):
+    m, params = lm
+    kw = dict(num_samples=3, temperature=0.9, top_k=6, top_p=0.9)
+    whole = sampler.sample_ids(m, params, PROMPT, 37, jax.random.key(9), chunk=37, **kw)
+    blocks = list(sampler.stream(m, params, PROMPT, 37, jax.random.key(9), chunk=8, **kw))
+    assert [b.shape[1] for b in blocks] == [8, 8, 8, 8, 5]
+    np.testing.assert_array_equal(np.concatenate(blocks, 1), whole)
+
+
+def test_several_temperatures_share_the_noise(lm):
+    m, params = lm
+    key = jax.random.key(4)
+    ids = sampler.sample_ids(m, params, PROMPT, 15, key, num_samples=2,
+                             temperature=(0.0, 0.5, 1.5))
+    assert ids.shape == (6, 15)
+    for i, t in enumerate((0.0, 0.5, 1.5)):
+        alone = sampler.sample_ids(m, params, PROMPT, 15, key, num_samples=2, temperature=t)
+        np.testing.assert_array_equal(ids[2 * i:2 * i + 2], alone)
+
+
+def test_word_model_samples_text():
+    tok = tokenizers.WordTokenizer.from_text('the cat sat on the mat .\nthe dog ran , fast .\n')
+    m = model_lib.RecurrentLM(vocab_size=tok.vocab_size, embed_dim=4, hidden_sizes=(8,))
+    params = m.init(jax.random.key(0), m.init_carry(1), jnp.zeros((1, 1), jnp.int32))['params']
+    prompt = tok.encode('the cat')
+    texts = sampler.sample_text(m, params, tok, 'the cat', 10, jax.random.key(0), num_samples=2)
+    ids = sampler.sample_ids(m, params, prompt, 10, jax.random.key(0), num_samples=2)
+    assert len(texts) == 2 and len(set(texts)) == 2
+    for text, row in zip(texts, ids, strict=True):
+        # A continuation joins the prompt as the tokenizer writes the whole sequence.
+        assert 'the cat' + text == tok.decode(np.concatenate([prompt, row]))
+    with pytest.warns(UserWarning, match='zebra'):
+        assert list(sampler.encode_prompt(tok, 'the zebra', warn=True)) == [1, 0]
+
+
+def test_decode_continuation_spacing():
+    tok = tokenizers.WordTokenizer(['<unk>', 'the', 'cat', ',', '\n'])
+    assert sampler.decode_continuation(tok, [1], [2, 3, 1]) == ' cat, the'
+    assert sampler.decode_continuation(tok, [4], [2]) == 'cat'
+    chars = tokenizers.CharTokenizer('ab')
+    assert sampler.decode_continuation(chars, [0], [1, 0]) == 'ba'
+
+
+def test_prompts_and_start_text(lm):
+    m, params = lm
+    tok = tokenizers.CharTokenizer('\nabcdefghijkl')
+    assert list(sampler.encode_prompt(tok, '')) == [0]
+    assert list(sampler.encode_prompt(tok, '', start='ab')) == [1, 2]
+    with pytest.raises(CharLMError, match=r"prompt 'aXbY' has characters not in the vocab.*'X', 'Y'"):
+        sampler.encode_prompt(tok, 'aXbY')
+    with pytest.raises(CharLMError, match='start text'):
+        sampler.encode_prompt(tok, '', start='Z')
+    from_start = sampler.sample_text(m, params, tok, '', 8, jax.random.key(0), start='ab')
+    from_prompt = sampler.sample_text(m, params, tok, 'ab', 8, jax.random.key(0))
+    assert from_start == from_prompt and len(from_start[0]) == 8
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(length=0), 'length must be positive'),
+    (dict(num_samples=0), 'num_samples must be positive'),
+    (dict(temperature=-0.1), 'temperature must be a number >= 0'),
+    (dict(temperature=(1.0, float('nan'))), 'temperature must be'),
+    (dict(top_k=-1), 'top_k must be between 0'),
+    (dict(top_k=V + 1), f'vocabulary size {V}'),
+    (dict(top_p=0.0), r'top_p must be in \(0, 1\]'),
+    (dict(top_p=1.5), 'top_p must be'),
+])
+def test_bad_options(lm, kwargs, match):
+    m, params = lm
+    args = dict(length=5) | kwargs
+    length = args.pop('length')
+    with pytest.raises(CharLMError, match=match):
+        sampler.sample_ids(m, params, PROMPT, length, jax.random.key(0), **args)
+
+
+def test_greedy_makes_no_random_numbers(lm):
+    m, params = lm
+    args = (m, params, m.init_carry(1), jnp.zeros((1, V)), jax.random.key(0)[None],
+            jnp.int32(0), jnp.zeros(1))
+    greedy = jax.jit(sampler.generate, static_argnames=('model', 'length', 'greedy')).lower(
+        *args, length=3, greedy=True).as_text()
+    hot = jax.jit(sampler.generate, static_argnames=('model', 'length', 'greedy')).lower(
+        *args, length=3, greedy=False).as_text()
+    assert 'threefry' not in greedy and 'threefry' in hot
