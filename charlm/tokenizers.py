@@ -69,10 +69,11 @@ class CharTokenizer:
         return isinstance(other, CharTokenizer) and self.itos == other.itos
 
 
-# Words, numbers, runs of one punctuation mark, and newlines are tokens; spaces are not.
+# Words (with inner apostrophes: o'er, I'll), numbers, single punctuation marks and
+# newlines are tokens; spaces are not, and decode() puts them back by the rules below.
 _WORD_RE = re.compile(r"\n|[^\W\d_]+(?:'[^\W\d_]+)*|\d+|[^\w\s]|_")
-_NO_SPACE_BEFORE = set(",.;:!?)]}'\"") | {"'s", "n't"}
-_NO_SPACE_AFTER = set('([{')
+_NO_SPACE_BEFORE = set(",.;:!?)]}-'\"")
+_NO_SPACE_AFTER = set('([{-$£#')
 
 
 class WordTokenizer:
@@ -105,12 +106,15 @@ class WordTokenizer:
         counts = collections.Counter(cls.split(text, lowercase))
         kept = sorted((w for w, n in counts.items() if n >= min_count),
                       key=lambda w: (-counts[w], w))
-        if max_vocab:
-            kept = kept[: max_vocab - 1]
         if not kept:
             raise CharLMError(
                 f'the word vocabulary is empty: no word occurs at least min_count={min_count} '
                 'times; lower data.min_count or use a larger corpus')
+        if max_vocab:
+            if max_vocab < 2:
+                raise CharLMError(f'data.max_vocab={max_vocab} leaves no room for a word '
+                                  f'besides {cls.UNK}: use at least 2 (or 0 for no cap)')
+            kept = kept[: max_vocab - 1]
         return cls([cls.UNK] + kept, lowercase)
 
     @property
@@ -130,14 +134,25 @@ class WordTokenizer:
         return np.array([self.stoi.get(w, 0) for w in words], dtype=np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
+        """Tokens joined with single spaces, except around punctuation and in new lines.
+
+        Quotes are told apart by position: a '"' opens when an even number came before it,
+        a "'" opens unless it follows a word (then it closes, or is a possessive).
+        """
         out: list[str] = []
-        prev = '\n'
+        glue = True  # no space before the next token (start of text or of a line)
+        prev, double_quotes = '\n', 0
         for i in ids:
             w = self.itos[int(i)]
-            if not (prev == '\n' or w == '\n' or w in _NO_SPACE_BEFORE or prev in _NO_SPACE_AFTER
-                    or (prev == "'" and w.isalpha())):
+            opening = False
+            if w == '"':
+                opening, double_quotes = double_quotes % 2 == 0, double_quotes + 1
+            elif w == "'":
+                opening = not prev[:1].isalnum()
+            if not (glue or w == '\n' or (w in _NO_SPACE_BEFORE and not opening)):
                 out.append(' ')
             out.append(w)
+            glue = w == '\n' or w in _NO_SPACE_AFTER or opening
             prev = w
         return ''.join(out)
 

@@ -1,0 +1,226 @@
+"""Scores a trained model on held-out text: its own validation or test split, or any file.
+
+  python -m charlm.evaluate --workdir=runs/shakespeare                  # best, val split
+  python -m charlm.evaluate --workdir=runs/shakespeare --split=test --step=4000
+  python -m charlm.evaluate --workdir=runs/shakespeare --text_file=sonnets.txt --json
+
+The split is re-derived from the checkpoint's own config (corpus, val/test fractions)
+and scored over every target in the same fixed windows as training's validation, so
+`--step=N` reproduces the val loss logged at step N. `read_run()` and `restore()` are
+shared with the other analysis tools (charlm.gates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import jax_utils
+
+from charlm import checkpointing, cli, data, tokenizers, train
+from charlm import model as model_lib
+from charlm.errors import CharLMError
+from charlm.tokenizers import _show
+
+# ------------------------------------------------------------------ restoring a run
+
+
+@dataclasses.dataclass
+class Run:
+    """What a checkpoint says without its arrays: which one, its config and tokenizer."""
+
+    workdir: str
+    step: int
+    which: str  # 'best' or 'latest': the directory the step is read from
+    config: ml_collections.ConfigDict
+    tokenizer: tokenizers.Tokenizer
+
+
+@dataclasses.dataclass
+class Restored(Run):
+    """A checkpoint made usable: also its model and parameters (host arrays)."""
+
+    model: model_lib.RecurrentLM = None
+    params: Any = None
+
+
+def read_run(workdir: str, step: int | None = None) -> Run:
+    """The best checkpoint of `workdir` (the latest if none is best yet), or step `step`.
+
+    Reads only the JSON, so bad input fails in a second, before any compilation.
+    """
+    path = pathlib.Path(workdir).expanduser()
+    hint = 'train first: python -m charlm.main --config=... --workdir=' + str(workdir)
+    if not path.is_dir():
+        raise CharLMError(f'workdir not found: {workdir} ({hint})')
+    ckpts = checkpointing.Checkpoints(str(path), create=False)
+    try:
+        latest, best = ckpts.latest.all_steps(), ckpts.best.all_steps()
+        if not latest and not best:
+            raise CharLMError(f'no checkpoint in {workdir} ({hint})')
+        if step is None:
+            use_best = bool(best)
+            step = max(best) if best else max(latest)
+        elif step in latest or step in best:
+            use_best = step not in latest
+        else:
+            saved = sorted(set(latest) | set(best))
+            raise CharLMError(f'no checkpoint of step {step} in {workdir}; saved steps: '
+                              f'{", ".join(map(str, saved))}')
+        saved = ckpts.read_json(step, best=use_best)
+    finally:
+        ckpts.close()
+    return Run(str(workdir), int(step), 'best' if use_best else 'latest',
+               ml_collections.ConfigDict(saved['config']), tokenizers.from_json(saved['tokenizer']))
+
+
+def restore(run: Run | str, step: int | None = None) -> Restored:
+    """The model and parameters of `run` (or of read_run(workdir, step))."""
+    if not isinstance(run, Run):
+        run = read_run(run, step)
+    try:
+        model = train.make_model(run.config, run.tokenizer.vocab_size)
+        state = train.create_state(model, train.make_optimizer(run.config), jax.random.key(0))
+    except (AttributeError, KeyError) as e:
+        raise CharLMError(f'the checkpoint config in {run.workdir} lacks a field this charlm '
+                          f'needs ({e}): it was written by another version') from None
+    ckpts = checkpointing.Checkpoints(str(pathlib.Path(run.workdir).expanduser()),
+                                      create=False)
+    try:
+        state = ckpts.restore_state(state, run.step, best=run.which == 'best')
+    finally:
+        ckpts.close()
+    return Restored(**vars(run), model=model, params=state.params)
+
+
+def check_text(tokenizer: tokenizers.Tokenizer, text: str) -> None:
+    """A char model cannot read characters it never saw: a one-line error naming them."""
+    missing = tokenizer.unknown(text) if tokenizer.kind == 'char' else []
+    if missing:
+        raise CharLMError(f'the text has characters the model never saw in training: '
+                          f'{_show(missing)}')
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def split_of(config: ml_collections.ConfigDict, split: str) -> str:
+    """The text of one split of the run's own corpus, cut exactly as training cut it."""
+    d = config.data
+    try:
+        text = data.load_text(d.path, d.cache_dir or None)
+    except CharLMError as e:
+        raise CharLMError(f'{e} (the corpus this run was trained on; score another file '
+                          'with --text_file)') from None
+    parts = data.split_text(text, d.val_fraction, d.test_fraction)
+    if not parts.get(split):
+        raise CharLMError(f'this run has no {split} split (data.test_fraction='
+                          f'{d.test_fraction}); use --split=val or --text_file')
+    return parts[split]
+
+
+def score(restored: Restored, text: str) -> dict[str, Any]:
+    """Loss per token (nats), bits per token and per character, perplexity, over `text`.
+
+    Characters outside a char model's vocabulary are an error naming them; words outside
+    a word model's vocabulary are scored as <unk> and counted in 'unknown_tokens'.
+    """
+    tok, config = restored.tokenizer, restored.config
+    check_text(tok, text)
+    ids = tok.encode(text)
+    if len(ids) < 2:
+        raise CharLMError(f'the text has {len(ids)} tokens; scoring needs at least 2')
+    # The same eval batch as training's validation: same windows, same sums.
+    n = jax.device_count()
+    layout = data.Layout(max(config.eval_batch_size // n, 1) * n, n, jax.local_device_count(),
+                         jax.process_index())
+    eval_fn = train.parallel_steps(restored.model).eval
+    params = jax_utils.replicate(restored.params)
+    metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, len(text))
+    return {
+        'tokenizer': tok.kind, 'characters': len(text), 'tokens': int(metrics['tokens']),
+        'loss': metrics['loss'], 'bits_per_token': metrics['loss'] / train.LN2,
+        'bits_per_char': metrics['bits_per_char'], 'perplexity': metrics['perplexity'],
+        'unknown_tokens': int(np.sum(ids == 0)) if tok.kind == 'word' else 0,
+        'unknown_words': tok.unknown(text)[:20] if tok.kind == 'word' else [],
+    }
+
+
+def evaluate(workdir: str, split: str | None = None, text_file: str | None = None,
+             step: int | None = None) -> dict[str, Any]:
+    """What the command line prints: scores plus where the checkpoint and text came from."""
+    if split and text_file:
+        raise CharLMError('use --split or --text_file, not both')
+    run = read_run(workdir, step)
+    if text_file:
+        text, source = data.load_text(text_file), text_file
+    else:
+        split = split or 'val'
+        text = split_of(run.config, split)
+        source = f'{split} split of {run.config.data.path}'
+    check_text(run.tokenizer, text)  # before the slow part
+    restored = restore(run)
+    return {'workdir': workdir, 'checkpoint': restored.which, 'step': restored.step,
+            'source': source, 'cell': restored.model.cell,
+            'hidden_sizes': list(restored.model.hidden_sizes), **score(restored, text)}
+
+
+def format_report(r: dict[str, Any]) -> str:
+    unit = 'char' if r['tokenizer'] == 'char' else 'word'
+    lines = [f'{r["workdir"]}: {r["checkpoint"]} checkpoint, step {r["step"]} ({r["cell"]}, '
+             f'hidden {"x".join(map(str, r["hidden_sizes"]))})',
+             f'{r["source"]}: {r["characters"]:,} characters, {r["tokens"]:,} {unit} targets']
+    if unit == 'char':
+        lines.append(f'loss {r["loss"]:.4f} nats/char   {r["bits_per_char"]:.4f} bits/char   '
+                     f'perplexity {r["perplexity"]:.3f}')
+    else:
+        lines.append(f'loss {r["loss"]:.4f} nats/word   {r["bits_per_token"]:.4f} bits/word   '
+                     f'perplexity {r["perplexity"]:.2f}   {r["bits_per_char"]:.4f} bits/char '
+                     'of the text')
+        if r['unknown_tokens']:
+            total = r['tokens'] + 1
+            examples = ', '.join(repr(w) for w in r['unknown_words'][:5])
+            lines.append(f'<unk>: {r["unknown_tokens"]:,} of {total:,} word tokens '
+                         f'({100 * r["unknown_tokens"] / total:.1f}%) are not in the vocabulary '
+                         f'and were scored as <unk> (e.g. {examples})')
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------ command line
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Only when run as a command: importing this module defines no flags."""
+    flags.DEFINE_string('workdir', None, 'A training workdir (holds checkpoints/ and best/).')
+    flags.DEFINE_enum('split', None, ['val', 'test'], "The run's split to score (default val).")
+    flags.DEFINE_string('text_file', None, 'Score this UTF-8 file instead of a split.')
+    flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best checkpoint).')
+    flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
+    flags.mark_flags_as_required(['workdir'])
+
+
+@cli.one_line_errors
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step)
+    if FLAGS.json:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in r.items()}
+        print(json.dumps(clean, indent=2))
+    else:
+        print(format_report(r))
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,99 @@
+"""Training curves of one or more runs, read from their TensorBoard event files.
+
+  python -m charlm.plot --workdir=runs/lstm --workdir=runs/gru --out=curves.png
+  python -m charlm.plot --workdir=runs/lstm runs/gru runs/rnn --out=curves.png
+
+Left: training loss at every logged step; right: validation loss at every evaluation.
+One colour per run, labelled by its directory name. No TensorFlow or TensorBoard needed.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from absl import app, flags
+
+from charlm import cli, metric_writer
+from charlm.errors import CharLMError
+
+
+def run_labels(workdirs: list[str]) -> list[str]:
+    """Each run's directory name, or its whole path where names repeat."""
+    names = [pathlib.Path(w).name or str(w) for w in workdirs]
+    return [n if names.count(n) == 1 else str(w) for n, w in zip(names, workdirs, strict=True)]
+
+
+def read_runs(workdirs: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """label -> tag -> [(step, value)]; a run without loss scalars is an error."""
+    runs = {}
+    for workdir, label in zip(workdirs, run_labels(workdirs), strict=True):
+        if not pathlib.Path(workdir).is_dir():
+            raise CharLMError(f'workdir not found: {workdir}')
+        scalars = metric_writer.read_scalars(workdir)
+        if not scalars.get('train/loss') and not scalars.get('val/loss'):
+            raise CharLMError(f'no training curves in {workdir}: it has no TensorBoard event '
+                              'files with train/loss or val/loss (is it a charlm workdir?)')
+        runs[label] = scalars
+    return runs
+
+
+def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
+    """Writes the train/val loss figure to `out` and returns `out`."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    if not workdirs:
+        raise CharLMError('no workdir given: --workdir=DIR [DIR ...]')
+    runs = read_runs(workdirs)
+    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for k, (label, scalars) in enumerate(runs.items()):
+        color = colors[k % len(colors)]
+        if train := scalars.get('train/loss'):
+            steps, values = zip(*train, strict=True)
+            ax_t.plot(steps, values, color=color, linewidth=1.3, label=label)
+        if val := scalars.get('val/loss'):
+            steps, values = zip(*val, strict=True)
+            ax_v.plot(steps, values, color=color, linewidth=1.6, marker='o', markersize=3.5,
+                      label=label)
+    for ax, name in ((ax_t, 'training loss'), (ax_v, 'validation loss')):
+        ax.set_title(name, fontsize=11)
+        ax.set_xlabel('step')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    ax_t.set_ylabel('loss (nats per token)')
+    ax_v.tick_params(labelleft=True)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ------------------------------------------------------------------ command line
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Only when run as a command: importing this module defines no flags."""
+    flags.DEFINE_multi_string('workdir', None, 'A training workdir; repeat it, or list more '
+                              'directories after it, to compare runs.')
+    flags.DEFINE_string('out', 'curves.png', 'The PNG to write.')
+    flags.DEFINE_string('title', None, 'Figure title.')
+    flags.mark_flags_as_required(['workdir'])
+
+
+@cli.one_line_errors
+def main(argv):
+    workdirs = FLAGS.workdir + argv[1:]  # --workdir=a b c: the shell gives b and c as args
+    print(f'wrote {plot_runs([os.path.expanduser(w) for w in workdirs], FLAGS.out, FLAGS.title)}')
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main, flags_parser=cli.parse_flags)
