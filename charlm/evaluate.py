@@ -87,10 +87,13 @@ def restore(run: Run | str, step: int | None = None) -> Restored:
         run = read_run(run, step)
     try:
         model = train.make_model(run.config, run.tokenizer.vocab_size)
-        state = train.create_state(model, train.make_optimizer(run.config), jax.random.key(0))
+        tx = train.make_optimizer(run.config)
     except (AttributeError, KeyError) as e:
         raise CharLMError(f'the checkpoint config in {run.workdir} lacks a field this charlm '
                           f'needs ({e}): it was written by another version') from None
+    # The state's shapes without computing it: tracing only, no compilation.
+    abstract = jax.eval_shape(lambda: train.create_state(model, tx, jax.random.key(0)))
+    state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
     ckpts = checkpointing.Checkpoints(str(pathlib.Path(run.workdir).expanduser()),
                                       create=False)
     try:
