@@ -1,0 +1,236 @@
+"""Samples text from a trained model; the workdir is only read.
+
+  python -m charlm.sample --workdir=runs/shakespeare --prompt="ROMEO:" --length=500 \
+      --temperature=0.8 --top_k=20 --top_p=0.95 --num_samples=3 --seed=0
+
+Restores the best checkpoint (--step=N: that step of the latest checkpoints) with the
+tokenizer and config it was trained with, on whatever devices this machine has. The
+first sample is printed as it is generated; with several samples or temperatures
+(--temperature=0.5,1.0,1.5: one sample per temperature, the same seed) each comes under
+a `==> sample i of n ... <==` header. An empty --prompt starts from --start (a newline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import sys
+import warnings
+from typing import TextIO
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from charlm import checkpointing, cli, sampler, tokenizers, train
+from charlm import model as model_lib
+from charlm.errors import CharLMError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'A training workdir (python -m charlm.main --workdir).')
+flags.DEFINE_string('prompt', '', 'Text the samples continue; printed before each sample.')
+flags.DEFINE_string('start', '\n', 'What an empty --prompt starts from (not printed).')
+flags.DEFINE_integer('length', 500, 'Tokens per sample: characters, or words for word models.')
+flags.DEFINE_list('temperature', ['1.0'], '> 0 samples, 0 = greedy; a comma-separated list '
+                  'prints one sample per temperature from the same seed.')
+flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = off).')
+flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set holding this probability, after top_k '
+                   '(1 = off).')
+flags.DEFINE_integer('num_samples', 1, 'Independent samples (per temperature), made at once.')
+flags.DEFINE_integer('seed', 0, 'Same seed, same samples.')
+flags.DEFINE_integer('step', None, 'Sample from this step of WORKDIR/checkpoints instead of '
+                     'the best checkpoint.')
+flags.DEFINE_string('output', None, 'Also write the samples (as printed) to this file.')
+flags.DEFINE_integer('chunk', sampler.CHUNK, 'Tokens per compiled call: output appears in '
+                     'pieces of this size.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def parse_temperatures(values: list[str]) -> tuple[float, ...]:
+    try:
+        temps = tuple(float(v) for v in values)
+    except ValueError:
+        raise CharLMError(f'--temperature must be numbers separated by commas, got '
+                          f'{",".join(values)!r}') from None
+    if not temps:
+        raise CharLMError('--temperature needs at least one value')
+    return temps
+
+
+@dataclasses.dataclass
+class Saved:
+    """A checkpoint's tokenizer and model, read without its arrays; `params()` reads those."""
+
+    workdir: pathlib.Path
+    step: int
+    best: bool
+    tokenizer: tokenizers.Tokenizer
+    config: ml_collections.ConfigDict
+    model: model_lib.RecurrentLM
+    meta: dict
+
+    @property
+    def where(self) -> str:
+        return f'{self.workdir}/{"best" if self.best else "checkpoints"}/{self.step}'
+
+    def describe(self) -> str:
+        val = self.meta.get('best_val_loss') if self.best else None
+        loss = f', val loss {val:.4f}' if isinstance(val, float) and math.isfinite(val) else ''
+        tok = self.tokenizer
+        return f'{self.where} ({tok.kind} model, {tok.vocab_size} tokens{loss})'
+
+    def params(self):
+        """The parameters, on this machine's default device whatever it was trained on."""
+        tx = train.make_optimizer(self.config)
+        shapes = jax.eval_shape(lambda: train.create_state(self.model, tx, jax.random.key(0)))
+        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+        ckpts = checkpointing.Checkpoints(str(self.workdir), create=False)
+        try:
+            _ignore_late_reads()
+            state = ckpts.restore_state(target, self.step, best=self.best)
+        finally:
+            ckpts.close()
+        return jax.device_put(state.params)
+
+
+def find(workdir: str, step: int | None = None) -> Saved:
+    """The best checkpoint of `workdir` (the latest if it has no best), or step `step`."""
+    path = pathlib.Path(workdir).expanduser().absolute()
+    if not path.is_dir():
+        raise CharLMError(f'workdir {path} does not exist')
+    ckpts = checkpointing.Checkpoints(str(path), create=False)
+    try:
+        if step is None:
+            best = ckpts.latest_step(best=True) is not None
+            step = ckpts.latest_step(best=best)
+            if step is None:
+                raise CharLMError(f'no checkpoint in {path}: train one first with '
+                                  f'python -m charlm.main --workdir={workdir}')
+        else:
+            best = False
+            steps = ckpts.latest.all_steps()
+            if step not in steps:
+                have = ', '.join(map(str, steps)) or 'none'
+                raise CharLMError(f'no checkpoint at step {step} in {path}/checkpoints '
+                                  f'(steps there: {have})')
+        saved = ckpts.read_json(step, best=best)
+    finally:
+        ckpts.close()
+    try:
+        tokenizer = tokenizers.from_json(saved['tokenizer'])
+        config = ml_collections.ConfigDict(saved['config'])
+        model = train.make_model(config, tokenizer.vocab_size)
+    except CharLMError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CharLMError(f'checkpoint {path}/{step} is unreadable: its tokenizer or config is '
+                          f'damaged ({type(e).__name__}: {e})') from None
+    return Saved(path, step, best, tokenizer, config, model, saved.get('meta') or {})
+
+
+def _ignore_late_reads() -> None:
+    """Drops the errors of reads still in flight when a failed restore closes orbax's loop.
+
+    Without this, a damaged checkpoint's one-line error comes, at random, with tracebacks
+    ('Event loop is closed') that tensorstore's threads print.
+    """
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda t, e, tb: None if closed_loop(e) else excepthook(t, e, tb)
+    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else unraisablehook(u)
+
+
+def header(i: int, n: int, temperature: float, seed: int) -> str:
+    return f'==> sample {i + 1} of {n}, temperature {temperature:g}, seed {seed} <=='
+
+
+def run(workdir: str, prompt: str = '', length: int = 500,
+        temperature: float | tuple[float, ...] = 1.0, top_k: int = 0, top_p: float = 1.0,
+        num_samples: int = 1, seed: int = 0, step: int | None = None, start: str = '\n',
+        chunk: int = sampler.CHUNK, out: TextIO = sys.stdout) -> list[str]:
+    """Samples from a workdir, writing to `out` as text is made; returns prompt + sample each.
+
+    The first sample streams; the others (made at the same time) follow it, each under
+    a header when there is more than one.
+    """
+    temps = sampler.temperatures(temperature)
+    sampler.check_options(length, temps, top_k, top_p, num_samples)
+    if chunk <= 0:
+        raise CharLMError(f'chunk must be positive, got {chunk}')
+    saved = find(workdir, step)
+    tokenizer, model = saved.tokenizer, saved.model
+    sampler.check_options(length, temps, top_k, top_p, num_samples, tokenizer.vocab_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        prompt_ids = sampler.encode_prompt(tokenizer, prompt, start, warn=True)
+    for w in caught:
+        logging.warning('%s', w.message)
+    params = saved.params()  # the slow part, after every check that needs no arrays
+    devices = jax.devices()
+    logging.info('sampling %d x %d %s from %s on %s (%d device%s here)', len(temps) * num_samples,
+                 length, 'chars' if tokenizer.kind == 'char' else 'tokens', saved.describe(),
+                 devices[0].device_kind, len(devices), '' if len(devices) == 1 else 's')
+    count = len(temps) * num_samples
+    texts = [[prompt] for _ in range(count)]
+    last_B = [prompt_ids] * count  # each stream's previous ids, for word spacing
+    if count > 1:
+        out.write(header(0, count, temps[0], seed) + '\n')
+    out.write(prompt)
+    out.flush()
+    blocks = sampler.stream(model, params, prompt_ids, length, jax.random.key(seed),
+                            num_samples=num_samples, temperature=temps, top_k=top_k,
+                            top_p=top_p, chunk=chunk)
+    for ids_BxN in blocks:
+        for b, row in enumerate(ids_BxN):
+            texts[b].append(sampler.decode_continuation(tokenizer, last_B[b], row))
+            last_B[b] = row
+        out.write(texts[0][-1])
+        out.flush()
+    texts = [''.join(t) for t in texts]
+    for b in range(1, count):
+        out.write(f'\n\n{header(b, count, temps[b // num_samples], seed)}\n{texts[b]}')
+    out.write('\n')
+    out.flush()
+    return texts
+
+
+@cli.one_line_errors
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    temps = parse_temperatures(FLAGS.temperature)
+    output = None
+    if FLAGS.output:
+        output = pathlib.Path(FLAGS.output).expanduser()
+        if not output.parent.is_dir():
+            raise CharLMError(f'cannot write --output={FLAGS.output}: no directory '
+                              f'{output.parent}')
+
+    class Tee:  # what is printed goes to --output too
+        def __init__(self):
+            self.parts = []
+
+        def write(self, s):
+            self.parts.append(s)
+            sys.stdout.write(s)
+
+        def flush(self):
+            sys.stdout.flush()
+
+    tee = Tee()
+    run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, FLAGS.top_k, FLAGS.top_p,
+        FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk, out=tee)
+    if output is not None:
+        try:
+            output.write_text(''.join(tee.parts), encoding='utf-8')
+        except OSError as e:
+            raise CharLMError(f'cannot write --output={FLAGS.output}: {e.strerror}') from None
+        logging.info('samples written to %s', output)
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,157 @@
+"""`python -m charlm.sample` as a user runs it: real processes, real exit codes."""
+
+import hashlib
+import io
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from charlm import checkpointing, sample, tokenizers, train
+from configs import tiny
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEXT = ('ROMEO:\nBut soft, what light through yonder window breaks?\n\n'
+        'JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n') * 60
+
+
+def run(*args, devices=1, timeout=300):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+               JAX_PLATFORMS='cpu')
+    return subprocess.run([sys.executable, '-m', 'charlm.sample', *args], cwd=ROOT, env=env,
+                          text=True, capture_output=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, match):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
+    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
+
+
+def snapshot(path: pathlib.Path) -> dict:
+    """Every file and folder under `path`, with its content hash and modification time."""
+    return {str(p.relative_to(path)): (p.stat().st_mtime_ns, p.is_file() and
+                                       hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(path.rglob('*'))}
+
+
+def make_config(tmp, **fields):
+    config = tiny.get_config()
+    (tmp / 'corpus.txt').write_text(TEXT, encoding='utf-8')
+    config.data.path = str(tmp / 'corpus.txt')
+    config.data.cache_dir = str(tmp / 'cache')
+    config.update(fields)
+    return config
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    """A tiny char model trained on the 4 fake devices; best at step 20, latest 10 and 20."""
+    tmp = tmp_path_factory.mktemp('sample')
+    assert jax.device_count() == 4
+    train.train_and_evaluate(make_config(tmp), str(tmp / 'run'))
+    return tmp / 'run'
+
+
+def test_samples_on_one_device_and_leaves_the_workdir_alone(workdir, tmp_path):
+    before = snapshot(workdir)
+    args = [f'--workdir={workdir}', '--prompt=ROMEO:', '--length=40', '--temperature=0.5,1.5',
+            '--top_k=20', '--top_p=0.95', '--num_samples=2', '--seed=3']
+    proc = run(*args, f'--output={tmp_path}/out.txt')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '1 device here' in proc.stderr and f'{workdir}/best/20' in proc.stderr
+    out = proc.stdout
+    headers = [ln for ln in out.splitlines() if ln.startswith('==> sample')]
+    assert headers == [f'==> sample {i} of 4, temperature {t}, seed 3 <=='
+                       for i, t in ((1, 0.5), (2, 0.5), (3, 1.5), (4, 1.5))]
+    samples = [s.split('\n', 1)[1].rstrip('\n') for s in out.split('==> sample')[1:]]
+    assert all(s.startswith('ROMEO:') and len(s) == len('ROMEO:') + 40 for s in samples)
+    assert samples[0] != samples[1] and samples[2] != samples[3]  # streams differ
+    assert (tmp_path / 'out.txt').read_text(encoding='utf-8') == out
+    again = run(*args)
+    assert again.returncode == 0 and again.stdout == out  # same seed, same text
+    assert snapshot(workdir) == before
+
+
+def test_step_and_empty_prompt(workdir):
+    proc = run(f'--workdir={workdir}', '--step=10', '--length=25', '--temperature=0')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'{workdir}/checkpoints/10' in proc.stderr
+    assert '==>' not in proc.stdout and len(proc.stdout) == 25 + 1  # the text and a newline
+
+
+def test_text_streams_out_in_chunks(workdir):
+    class Recorder(io.StringIO):
+        writes = []
+
+        def write(self, s):
+            self.writes.append(s)
+            return super().write(s)
+
+    out = Recorder()
+    texts = sample.run(str(workdir), 'JULIET:', length=20, temperature=0.8, chunk=6, out=out)
+    assert out.writes == ['JULIET:', *(texts[0][7 + i:7 + i + 5] for i in range(0, 20, 5)),
+                          '\n']  # 20 tokens in 4 equal calls of 5, each printed at once
+
+
+def test_word_model_warns_about_unknown_words(tmp_path, caplog):
+    config = make_config(tmp_path)
+    config.data.tokenizer = 'word'
+    tok = tokenizers.WordTokenizer.from_text(TEXT)
+    model = train.make_model(config, tok.vocab_size)
+    state = train.create_state(model, train.make_optimizer(config), jax.random.key(0))
+    ckpts = checkpointing.Checkpoints(str(tmp_path / 'words'))
+    ckpts.save(1, state, tok.to_json(), config.to_dict(), {})  # untrained is enough here
+    ckpts.wait()
+    ckpts.close()
+    texts = sample.run(str(tmp_path / 'words'), 'Romeo zebra', length=8, num_samples=2,
+                       out=io.StringIO())
+    assert "words not in the vocabulary, read as <unk>: 'zebra'" in caplog.text
+    assert len(texts) == 2 and all(t.startswith('Romeo zebra ') for t in texts)
+
+
+@pytest.mark.parametrize('args,match', [
+    (['--prompt=ROMEO: Zq!'], "the prompt 'ROMEO: Zq!' has characters not in the vocabulary: "
+                               "'Z', 'q'"),
+    (['--prompt=', '--start=%'], "the start text '%' has characters not in the vocabulary"),
+    (['--temperature=-0.5'], 'temperature must be a number >= 0'),
+    (['--temperature=1,hot'], '--temperature must be numbers'),
+    (['--top_k=-1'], 'top_k must be between 0'),
+    (['--top_k=1000'], 'top_k must be between 0 (off) and the vocabulary size'),
+    (['--top_p=0'], 'top_p must be in (0, 1]'),
+    (['--top_p=1.01'], 'top_p must be in (0, 1]'),
+    (['--length=0'], 'length must be positive'),
+    (['--num_samples=0'], 'num_samples must be positive'),
+    (['--step=7'], 'no checkpoint at step 7'),
+])
+def test_bad_input_is_one_line(workdir, args, match):
+    assert_one_line_error(run(f'--workdir={workdir}', '--length=5', *args), match)
+
+
+def test_no_checkpoint(tmp_path):
+    assert_one_line_error(run(f'--workdir={tmp_path}'), 'no checkpoint in')
+    assert list(tmp_path.iterdir()) == []
+    assert_one_line_error(run(f'--workdir={tmp_path}/nope'), 'does not exist')
+
+
+@pytest.mark.parametrize('damage', ['garble_arrays', 'truncate_tokenizer'])
+def test_damaged_checkpoint(workdir, tmp_path, damage):
+    copy = tmp_path / 'run'
+    shutil.copytree(workdir, copy)
+    best = copy / 'best' / '20'
+    if damage == 'garble_arrays':  # same sizes, scrambled middles
+        for f in (best / 'state').rglob('d/*'):
+            data = bytearray(f.read_bytes())
+            data[len(data) // 4:len(data) // 2] = bytes(len(data) // 2 - len(data) // 4)
+            f.write_bytes(bytes(data))
+        match = 'cannot restore checkpoint'
+    else:
+        f = best / 'tokenizer' / 'metadata'
+        f.write_bytes(f.read_bytes()[:20])
+        match = 'is unreadable'
+    assert_one_line_error(run(f'--workdir={copy}', '--length=5'), match)
