@@ -19,6 +19,7 @@ layer reproduce the model's logits, which checks that the stepped cells are the 
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 
@@ -99,6 +100,13 @@ def capture(model, params, tokens_1xT: jax.Array, layer: int) -> dict[str, np.nd
     """
     check_cell(model.cell)
     check_layer(layer, len(model.hidden_sizes))
+    out = _capture(model, params, jnp.asarray(tokens_1xT, jnp.int32), layer)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'layer'))
+def _capture(model, params, tokens_1xT, layer):
+    """capture() as one compiled program: the interceptor and the cells run at trace time."""
     x_1xTxE, model_logits_1xTxV = model_run(model, params, tokens_1xT)
     out = {}
     for i in range(len(model.hidden_sizes)):
@@ -111,7 +119,7 @@ def capture(model, params, tokens_1xT: jax.Array, layer: int) -> dict[str, np.nd
     head = nn.Dense(model.vocab_size, dtype=model.dtype)
     out['logits'] = head.apply({'params': params['head']}, x_1xTxE)[0]
     out['model_logits'] = model_logits_1xTxV[0]
-    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+    return out
 
 
 def token_labels(tokenizer, ids) -> list[str]:

@@ -1,0 +1,147 @@
+"""charlm.gates: gate activations from the model's own cells, drawn as heatmaps."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from charlm import checkpointing, gates, tokenizers, train
+from charlm import model as model_lib
+from charlm.errors import CharLMError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _random_like(abstract, seed=0):
+    """Random values shaped like eval_shape's output: parameters without compiling init."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.normal(0, 0.5, x.shape).astype(x.dtype), abstract)
+
+
+def _model(cell, sizes=(8, 6)):
+    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=sizes, cell=cell)
+    tokens = np.random.default_rng(1).integers(0, 11, (1, 9)).astype(np.int32)
+    params = _random_like(jax.eval_shape(m.init, jax.random.key(0), m.init_carry(1), tokens))
+    return m, params['params'], tokens
+
+
+def _dense(p, x):
+    return x @ p['kernel'] + (p['bias'] if 'bias' in p else 0.0)
+
+
+def test_lstm_gates_equal_the_textbook_equations_on_the_same_parameters():
+    m, params, tokens = _model('lstm')
+    acts = gates.capture(m, params, tokens, layer=1)
+    x = params['embed']['embedding'][np.asarray(tokens[0])]  # [T, E]
+    for i, size in enumerate(m.hidden_sizes):
+        p = params[f'lstm_{i}']
+        c, h = np.zeros(size), np.zeros(size)
+        record = {'forget': [], 'input': [], 'output': [], 'cell state': []}
+        outs = []
+        for x_t in x:
+            gate = {g: _dense(p['i' + g], x_t) + _dense(p['h' + g], h) for g in 'ifgo'}
+            f, ii, o = sigmoid(gate['f']), sigmoid(gate['i']), sigmoid(gate['o'])
+            c = f * c + ii * np.tanh(gate['g'])
+            h = o * np.tanh(c)
+            for name, v in zip(record, (f, ii, o, c), strict=True):
+                record[name].append(v)
+            outs.append(h)
+        x = np.stack(outs)
+    for name, values in record.items():  # the last layer is the one captured
+        assert acts[name].shape == (9, 6)
+        np.testing.assert_allclose(acts[name], np.stack(values), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acts['logits'], acts['model_logits'], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acts['logits'], _dense(params['head'], x), rtol=1e-5, atol=1e-5)
+
+
+def test_gru_gates_equal_the_textbook_equations_on_the_same_parameters():
+    m, params, tokens = _model('gru', sizes=(7,))
+    acts = gates.capture(m, params, tokens, layer=0)
+    p = params['gru_0']
+    h = np.zeros(7)
+    want = {'reset': [], 'update': [], 'hidden state': []}
+    for x_t in params['embed']['embedding'][np.asarray(tokens[0])]:
+        r = sigmoid(_dense(p['ir'], x_t) + _dense(p['hr'], h))
+        z = sigmoid(_dense(p['iz'], x_t) + _dense(p['hz'], h))
+        n = np.tanh(_dense(p['in'], x_t) + r * _dense(p['hn'], h))
+        h = (1 - z) * n + z * h
+        for name, v in zip(want, (r, z, h), strict=True):
+            want[name].append(v)
+    for name, values in want.items():
+        np.testing.assert_allclose(acts[name], np.stack(values), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acts['logits'], acts['model_logits'], rtol=1e-5, atol=1e-5)
+
+
+def test_rnn_and_bad_layer_are_errors():
+    m, params, tokens = _model('rnn', sizes=(4,))
+    with pytest.raises(CharLMError, match="'rnn' layer has no gates"):
+        gates.capture(m, params, tokens, layer=0)
+    m, params, tokens = _model('lstm', sizes=(4,))
+    with pytest.raises(CharLMError, match='--layer=1 is out of range: the model has 1 layers'):
+        gates.capture(m, params, tokens, layer=1)
+
+
+def test_labels_and_escapes():
+    tok = tokenizers.CharTokenizer.from_text('ab \n')
+    assert gates.token_labels(tok, tok.encode('a b\n')) == ['a', '␣', 'b', '⏎']
+    assert gates.unescape(r'First Citizen:\nBefore\\n') == 'First Citizen:\nBefore\\n'
+
+
+def _save_checkpoint(workdir, config, text):
+    """A checkpoint as training writes it, with random parameters (no training, no compile)."""
+    tok = tokenizers.CharTokenizer.from_text(text)
+    model = train.make_model(config, tok.vocab_size)
+    tx = train.make_optimizer(config)
+    state = _random_like(jax.eval_shape(lambda: train.create_state(model, tx, jax.random.key(0))))
+    ckpts = checkpointing.Checkpoints(str(workdir))
+    ckpts.save(5, state, tok.to_json(), config.to_dict(), {}, best=True)
+    ckpts.wait()
+    ckpts.close()
+
+
+def test_png_from_a_checkpoint(tiny_config, tmp_path):
+    tiny_config.model.hidden_sizes = (24, 16)
+    _save_checkpoint(tmp_path / 'run', tiny_config, 'First Citizen:\nBefore we proceed.')
+    out = tmp_path / 'gates.png'
+    acts = gates.gates(str(tmp_path / 'run'), 'First Citizen:\nBefore we', str(out),
+                       layer=0, units=10)
+    assert acts['forget'].shape == (24, 24) and out.read_bytes()[:4] == b'\x89PNG'
+    assert out.stat().st_size > 20_000
+    with pytest.raises(CharLMError, match="never saw in training: '€'"):
+        gates.gates(str(tmp_path / 'run'), 'we €', str(out))
+
+
+def run(*args, timeout=120):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+               JAX_PLATFORMS='cpu')
+    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('cell,args,match', [
+    ('rnn', [], "a 'rnn' layer has no gates to show: gates works for lstm and gru models"),
+    ('lstm', ['--text=Before we €'], "characters the model never saw in training: '€'"),
+    ('lstm', ['--layer=2'], '--layer=2 is out of range: the model has 2 layers'),
+    (None, [], 'no checkpoint in'),
+])
+def test_bad_input_is_one_line(tiny_config, tmp_path, cell, args, match):
+    workdir = tmp_path / 'run'
+    workdir.mkdir()
+    if cell:
+        tiny_config.model.cell = cell
+        _save_checkpoint(workdir, tiny_config, gates.DEFAULT_TEXT)
+    proc = run('charlm.gates', f'--workdir={workdir}', f'--out={tmp_path}/g.png', *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
+    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / 'g.png').exists()
+
