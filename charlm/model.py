@@ -7,6 +7,7 @@ and h_BxH for a GRU or a simple RNN.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -23,6 +24,123 @@ CELLS = {
 }
 
 Carry = tuple[Any, ...]  # one entry per layer
+GATES = ('i', 'f', 'g', 'o')  # OptimizedLSTMCell's order: input, forget, candidate, output
+
+
+class _DenseParams(nn.Module):
+    """A kernel (and bias) under the same names nn.LSTMCell's Dense submodules use."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Any
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param('kernel', self.kernel_init, (in_features, self.features))
+        bias = self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        return kernel, bias
+
+
+def _mm(spec: str, a, b):
+    """einsum in b's dtype with float32 results (accumulated in float32 where the backend can:
+    XLA:CPU has no bf16 x bf16 -> f32 dot, so there the product is cast afterwards)."""
+    a = a.astype(b.dtype)
+    if b.dtype == jnp.float32 or jax.default_backend() != 'cpu':
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    return jnp.einsum(spec, a, b).astype(jnp.float32)
+
+
+def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll):
+    """The recurrence; returns (c_T, h_T), h_TxBxH and what the backward pass needs."""
+    def step(carry, xw_Bx4H):
+        c, h = carry
+        z = xw_Bx4H + _mm('bh,hg->bg', h, w_h)
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+
+    (c, h), (h_TxBxH, c_TxBxH, gates_TxBx4H) = jax.lax.scan(
+        step, (c0_BxH, h0_BxH), xw_TxBx4H, unroll=unroll)
+    return (c, h), h_TxBxH, (c_TxBxH, gates_TxBx4H)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def lstm_recurrence(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll=1):
+    """h_t, c_t over time given the hoisted input projection xw; ((c_T, h_T), h_TxBxH).
+
+    The custom backward pass runs only dz_t @ W_h^T inside the reverse time loop and
+    computes dW_h = sum_t h_{t-1}^T dz_t as one matmul afterwards, instead of JAX's
+    default of accumulating the [H, 4H] weight gradient at every time step.
+    """
+    carry, h_TxBxH, _ = _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll)
+    return carry, h_TxBxH
+
+
+def _lstm_fwd(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll):
+    carry, h_TxBxH, (c_TxBxH, gates_TxBx4H) = _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH,
+                                                            unroll)
+    return (carry, h_TxBxH), (w_h, c0_BxH, h0_BxH, h_TxBxH, c_TxBxH, gates_TxBx4H)
+
+
+def _lstm_bwd(unroll, res, cotangents):
+    w_h, c0, h0, h_TxBxH, c_TxBxH, gates_TxBx4H = res
+    (dc_T, dh_T), dh_out_TxBxH = cotangents
+    c_prev_TxBxH = jnp.concatenate([c0[None], c_TxBxH[:-1]], axis=0)
+
+    def step(carry, xs):
+        dc_next, dh_next = carry
+        dh_out, c, c_prev, gates = xs
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        dh = dh_out + dh_next
+        tanh_c = jnp.tanh(c)
+        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+        dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                              dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], axis=-1)
+        dh_prev = _mm('bg,hg->bh', dz, w_h)
+        return (dc * f, dh_prev), dz
+
+    (dc0, dh0), dz_TxBx4H = jax.lax.scan(
+        step, (dc_T, dh_T), (dh_out_TxBxH, c_TxBxH, c_prev_TxBxH, gates_TxBx4H), reverse=True,
+        unroll=unroll)
+    h_prev_TxBxH = jnp.concatenate([h0[None], h_TxBxH[:-1]], axis=0)
+    dw_h = _mm('nh,ng->hg', h_prev_TxBxH.reshape(-1, h0.shape[-1]),
+               dz_TxBx4H.reshape(-1, dz_TxBx4H.shape[-1]).astype(w_h.dtype))
+    return dw_h.astype(w_h.dtype), dz_TxBx4H, dc0, dh0
+
+
+lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+class HoistedLSTM(nn.Module):
+    """One LSTM layer over a whole sequence, the cuDNN way.
+
+    The input projection x @ W_i for all T steps is one [B*T, E] x [E, 4H] matmul outside
+    the time loop; only h @ W_h runs inside the scan. Parameters, initialisers and
+    equations are those of nn.OptimizedLSTMCell (ii/if/ig/io, hi/hf/hg/ho), so the two
+    implementations share checkpoints and agree to float tolerance (tests check this).
+    """
+
+    features: int
+    unroll: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry, x_BxTxE):
+        c_BxH, h_BxH = carry
+        in_features = x_BxTxE.shape[-1]
+        # nn.OptimizedLSTMCell's defaults: lecun_normal inputs, orthogonal recurrence.
+        wi = [_DenseParams(self.features, False, nn.initializers.lecun_normal(),
+                           name=f'i{g}')(in_features)[0] for g in GATES]
+        wh = [_DenseParams(self.features, True, nn.initializers.orthogonal(),
+                           name=f'h{g}')(self.features) for g in GATES]
+        w_i = jnp.concatenate(wi, axis=-1).astype(self.dtype)  # [E, 4H]
+        w_h = jnp.concatenate([k for k, _ in wh], axis=-1).astype(self.dtype)  # [H, 4H]
+        b = jnp.concatenate([b for _, b in wh], axis=-1)  # [4H]
+        xw_TxBx4H = _mm('bte,eg->tbg', x_BxTxE, w_i) + b[None, None]
+        carry, h_TxBxH = lstm_recurrence(w_h, xw_TxBx4H, c_BxH, h_BxH, self.unroll)
+        return carry, jnp.swapaxes(h_TxBxH, 0, 1)
 
 
 def hidden_sizes_from(num_layers: int, hidden_size: int, hidden_sizes=()) -> tuple[int, ...]:
@@ -49,11 +167,14 @@ class RecurrentLM(nn.Module):
     cell: str = 'lstm'
     dropout_rate: float = 0.0
     unroll: int = 1  # time steps per scan iteration; a speed knob, same results
+    impl: str = 'hoisted'  # LSTM only: 'hoisted' (input matmul outside the scan) | 'cell'
     dtype: Any = jnp.float32  # computation dtype; parameters and carry stay float32
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise CharLMError(f"unknown model.cell {self.cell!r}: use one of {', '.join(CELLS)}")
+        if self.impl not in ('hoisted', 'cell'):
+            raise CharLMError(f"unknown model.impl {self.impl!r}: use 'hoisted' or 'cell'")
         super().__post_init__()
 
     def init_carry(self, batch_size: int) -> Carry:
@@ -66,6 +187,9 @@ class RecurrentLM(nn.Module):
 
     def layer(self, i: int) -> nn.Module:
         """Layer i: its cell scanned over time (axis 1), parameters shared across steps."""
+        if self.cell == 'lstm' and self.impl == 'hoisted':
+            return HoistedLSTM(self.hidden_sizes[i], self.unroll, self.dtype,
+                               name=f'{self.cell}_{i}')
         scanned = nn.scan(CELLS[self.cell], variable_broadcast='params',
                           split_rngs={'params': False}, in_axes=1, out_axes=1,
                           unroll=self.unroll)

@@ -49,7 +49,7 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.
     return model_lib.RecurrentLM(
         vocab_size=vocab_size, embed_dim=m.embed_dim,
         hidden_sizes=model_lib.hidden_sizes_from(m.num_layers, m.hidden_size, m.hidden_sizes),
-        cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.unroll, dtype=dtype)
+        cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.unroll, impl=m.impl, dtype=dtype)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

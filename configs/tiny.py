@@ -12,7 +12,6 @@ def get_config():
     c.model.embed_dim = 8
     c.model.hidden_size = 16
     c.model.dropout_rate = 0.0
-    c.model.unroll = 1
     c.batch_size = 8
     c.num_train_steps = 20
     c.warmup_steps = 2
