@@ -55,7 +55,9 @@ def corpus_stats(config: ml_collections.ConfigDict, top: int = 30) -> dict[str, 
         total = len(words)
         stats['unk_share'] = sum(n for w, n in counts.items() if w not in tok.stoi) / total
     stats['tokens'] = total
-    stats['top'] = [(t, n, n / total) for t, n in counts.most_common(top)]
+    # Ties in the order the word vocabulary breaks them: alphabetically.
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    stats['top'] = [(t, n, n / total) for t, n in ranked]
     return stats
 
 

@@ -13,6 +13,7 @@ shared with the other analysis tools (charlm.gates).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -129,6 +130,12 @@ def split_of(config: ml_collections.ConfigDict, split: str) -> str:
     return parts[split]
 
 
+@functools.lru_cache(maxsize=4)
+def _eval_fn(model: model_lib.RecurrentLM):
+    """One pmapped eval step per model, so scoring several texts compiles once."""
+    return train.parallel_steps(model).eval
+
+
 def score(restored: Restored, text: str) -> dict[str, Any]:
     """Loss per token (nats), bits per token and per character, perplexity, over `text`.
 
@@ -144,7 +151,7 @@ def score(restored: Restored, text: str) -> dict[str, Any]:
     n = jax.device_count()
     layout = data.Layout(max(config.eval_batch_size // n, 1) * n, n, jax.local_device_count(),
                          jax.process_index())
-    eval_fn = train.parallel_steps(restored.model).eval
+    eval_fn = _eval_fn(restored.model)
     params = jax_utils.replicate(restored.params)
     metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, len(text))
     return {

@@ -43,6 +43,7 @@ def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not workdirs:
         raise CharLMError('no workdir given: --workdir=DIR [DIR ...]')
@@ -61,6 +62,7 @@ def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
     for ax, name in ((ax_t, 'training loss'), (ax_v, 'validation loss')):
         ax.set_title(name, fontsize=11)
         ax.set_xlabel('step')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
     ax_t.set_ylabel('loss (nats per token)')

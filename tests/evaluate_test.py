@@ -1,4 +1,8 @@
-"""charlm.evaluate: the logged validation loss, reproduced from a checkpoint."""
+"""charlm.evaluate: the logged validation loss, reproduced from a checkpoint.
+
+The trained run here is a word model with per-layer sizes (16 -> 12), so it is also the
+test that a word model trains; compare_test.py checks the same for char models.
+"""
 
 import json
 import math
@@ -7,10 +11,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 from conftest import SHAKESPEARE_LIKE
 
-from charlm import evaluate, metric_writer, train
+from charlm import checkpointing, evaluate, metric_writer, tokenizers, train
 from charlm.errors import CharLMError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -32,7 +38,7 @@ def assert_one_line_error(proc, match):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    """configs/tiny.py for 20 steps: evaluations and checkpoints at steps 10 and 20."""
+    """configs/tiny.py as a word model for 20 steps: evaluations and checkpoints at 10, 20."""
     from configs import tiny
 
     tmp = tmp_path_factory.mktemp('evaluate')
@@ -40,12 +46,16 @@ def trained(tmp_path_factory):
     corpus.write_text(SHAKESPEARE_LIKE * 40, encoding='utf-8')
     config = tiny.get_config()
     config.data.path = str(corpus)
+    config.data.tokenizer = 'word'
     config.data.test_fraction = 0.05
+    config.model.hidden_sizes = (16, 12)
+    config.learning_rate = 1e-2
     config.sample.prompts = ()
     workdir = str(tmp / 'run')
-    train.train_and_evaluate(config, workdir)
+    result = train.train_and_evaluate(config, workdir)
+    assert math.isfinite(result['val_loss'])
     logged = dict(metric_writer.read_scalars(workdir)['val/loss'])
-    assert sorted(logged) == [10, 20]
+    assert sorted(logged) == [10, 20] and logged[20] < logged[10]  # it learns
     return workdir, logged
 
 
@@ -56,12 +66,26 @@ def test_evaluate_reproduces_the_logged_val_loss(trained):
         assert r['step'] == step and r['source'].startswith('val split of')
         assert r['loss'] == pytest.approx(logged[step], rel=1e-6)
         assert r['perplexity'] == pytest.approx(math.exp(r['loss']))
+        # One total loss, two denominators: per word token, and per character of the text.
+        assert r['bits_per_token'] == pytest.approx(r['loss'] / math.log(2))
+        assert r['bits_per_char'] == pytest.approx(
+            r['loss'] * r['tokens'] / r['characters'] / math.log(2), rel=1e-6)
+        assert r['tokenizer'] == 'word' and r['tokens'] < r['characters'] / 2
     best = evaluate.evaluate(workdir)  # default: the best checkpoint
-    assert best['checkpoint'] == 'best'
-    assert best['loss'] == pytest.approx(min(logged.values()), rel=1e-6)
+    assert best['checkpoint'] == 'best' and best['step'] == 20
     test = evaluate.evaluate(workdir, split='test')
     assert test['characters'] == int(len(SHAKESPEARE_LIKE * 40) * 0.05)  # the last 5%
-    assert math.isfinite(test['loss']) and test['tokens'] == test['characters'] - 1
+    assert math.isfinite(test['loss'])
+
+
+def test_restored_word_model_has_the_per_layer_shapes(trained):
+    restored = evaluate.restore(trained[0])
+    p, vocab = restored.params, restored.tokenizer.vocab_size
+    assert restored.tokenizer.kind == 'word' and restored.model.hidden_sizes == (16, 12)
+    assert p['lstm_0']['ii']['kernel'].shape == (8, 16)
+    assert p['lstm_1']['ii']['kernel'].shape == (16, 12)
+    assert p['lstm_1']['ho']['kernel'].shape == (12, 12)
+    assert p['head']['kernel'].shape == (12, vocab)
 
 
 def test_command_line_json_on_one_device(trained):
@@ -69,20 +93,20 @@ def test_command_line_json_on_one_device(trained):
     proc = run('charlm.evaluate', f'--workdir={workdir}', '--step=10', '--json')
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
-    assert r['step'] == 10 and r['tokenizer'] == 'char' and r['checkpoint'] == 'latest'
+    assert r['step'] == 10 and r['tokenizer'] == 'word' and r['checkpoint'] == 'latest'
     assert r['loss'] == pytest.approx(logged[10], rel=1e-5)  # 4 devices trained, 1 scores
-    assert r['bits_per_char'] == pytest.approx(
-        r['loss'] * r['tokens'] / r['characters'] / math.log(2), rel=1e-6)
 
 
-def test_text_file_and_report(trained, tmp_path):
+def test_unknown_words_are_scored_as_unk_and_reported(trained, tmp_path):
     workdir, _ = trained
     text = tmp_path / 'speech.txt'
-    text.write_text('First Citizen:\nSpeak, speak.\n', encoding='utf-8')
+    text.write_text('First Citizen:\nThe zebra speaks Latin.\n', encoding='utf-8')
     r = evaluate.evaluate(workdir, text_file=str(text))
-    assert r['characters'] == 29 and r['tokens'] == 28 and r['unknown_tokens'] == 0
+    assert r['tokens'] == 9 and r['unknown_tokens'] == 4
+    assert r['unknown_words'] == ['The', 'zebra', 'speaks', 'Latin']
     report = evaluate.format_report(r)
-    assert 'nats/char' in report and 'bits/char' in report and 'perplexity' in report
+    assert 'nats/word' in report and 'bits/char' in report and 'perplexity' in report
+    assert '<unk>: 4 of 10 word tokens (40.0%)' in report and "'zebra'" in report
 
 
 def test_bad_input_in_process(trained):
@@ -93,17 +117,31 @@ def test_bad_input_in_process(trained):
         evaluate.evaluate(workdir, split='val', text_file='x.txt')
 
 
+def _char_checkpoint(workdir, config):
+    """A char-model checkpoint as training writes it, with random parameters (no compile)."""
+    tok = tokenizers.CharTokenizer.from_text(SHAKESPEARE_LIKE)
+    model = train.make_model(config, tok.vocab_size)
+    tx = train.make_optimizer(config)
+    abstract = jax.eval_shape(lambda: train.create_state(model, tx, jax.random.key(0)))
+    state = jax.tree.map(lambda x: np.full(x.shape, 0.1, x.dtype), abstract)
+    ckpts = checkpointing.Checkpoints(str(workdir))
+    ckpts.save(3, state, tok.to_json(), config.to_dict(), {})
+    ckpts.wait()
+    ckpts.close()
+
+
 @pytest.mark.parametrize('what', ['no_checkpoint', 'unknown_chars', 'bad_split'])
-def test_bad_input_is_one_line(trained, tmp_path, what):
+def test_bad_input_is_one_line(trained, tiny_config, tmp_path, what):
     workdir, _ = trained
     if what == 'no_checkpoint':
         (tmp_path / 'empty').mkdir()
         proc = run('charlm.evaluate', f'--workdir={tmp_path}/empty')
         assert_one_line_error(proc, 'no checkpoint in')
     elif what == 'unknown_chars':
+        _char_checkpoint(tmp_path / 'chars', tiny_config)
         text = tmp_path / 'euro.txt'
         text.write_text('First Citizen: 5 €\n', encoding='utf-8')
-        proc = run('charlm.evaluate', f'--workdir={workdir}', f'--text_file={text}')
+        proc = run('charlm.evaluate', f'--workdir={tmp_path}/chars', f'--text_file={text}')
         assert_one_line_error(proc, "never saw in training: '5', '€'")
     else:
         proc = run('charlm.evaluate', f'--workdir={workdir}', '--split=train')

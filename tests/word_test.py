@@ -1,15 +1,18 @@
-"""Word-level models: the tokenizer, per-layer sizes, and a word model that trains."""
+"""Word-level models: the tokenizer, bad word configs, per-layer sizes.
 
-import math
+A word model trains (16 -> 12 LSTM stack) in evaluate_test.py, which scores it.
+"""
+
 import os
 import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from charlm import evaluate, metric_writer, tokenizers, train
+from charlm import tokenizers, train
 from charlm.errors import CharLMError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -81,47 +84,22 @@ def test_bad_word_or_size_config_is_one_line(corpus_file, tmp_path, args, match)
     assert_one_line_error(proc, match)
 
 
-def test_word_model_trains_with_per_layer_sizes(tiny_config, tmp_path):
-    """A 16 -> 12 stack of word LSTMs: shapes, a falling loss, and bits per character."""
-    c = tiny_config
-    c.data.tokenizer = 'word'
-    c.model.hidden_sizes = (16, 12)
-    c.num_train_steps = 12
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 6
-    c.learning_rate = 1e-2
-    c.sample.prompts = ()
-    workdir = str(tmp_path / 'words')
-    result = train.train_and_evaluate(c, workdir)
-    assert math.isfinite(result['val_loss'])
-    val = [v for _, v in metric_writer.read_scalars(workdir)['val/loss']]
-    assert len(val) == 2 and val[1] < val[0]
-
-    restored = evaluate.restore(workdir)
-    p, vocab = restored.params, restored.tokenizer.vocab_size
-    assert restored.tokenizer.kind == 'word' and restored.model.hidden_sizes == (16, 12)
-    assert p['embed']['embedding'].shape == (vocab, 8)
-    assert p['lstm_0']['ii']['kernel'].shape == (8, 16)
-    assert p['lstm_0']['hf']['kernel'].shape == (16, 16)
-    assert p['lstm_1']['ii']['kernel'].shape == (16, 12)
-    assert p['lstm_1']['ho']['kernel'].shape == (12, 12)
-    assert p['head']['kernel'].shape == (12, vocab)
-
-    # Per word and per character of the same text: one total loss, two denominators.
-    corpus = train.load_corpus(c)
-    text = evaluate.split_of(restored.config, 'val')
-    scores = evaluate.score(restored, text)
-    assert scores['tokens'] == len(corpus.tokens['val']) - 1
-    assert scores['loss'] == pytest.approx(val[1], rel=1e-5)
-    assert scores['bits_per_char'] == pytest.approx(
-        scores['loss'] * scores['tokens'] / len(text) / math.log(2), rel=1e-6)
-    assert scores['perplexity'] == pytest.approx(math.exp(scores['loss']))
-
-    # A text with words the model never saw: scored as <unk>, and said so.
-    other = evaluate.score(restored, 'First Citizen:\nThe zebra speaks Latin.\n')
-    assert other['unknown_tokens'] == 4 and other['unknown_words'] == [
-        'The', 'zebra', 'speaks', 'Latin']
-    report = evaluate.format_report({'workdir': workdir, 'checkpoint': 'best', 'step': 12,
-                                     'source': 'x', 'cell': 'lstm', 'hidden_sizes': [16, 12],
-                                     **other})
-    assert 'nats/word' in report and "4 of 10 word tokens" in report and "'zebra'" in report
+@pytest.mark.parametrize('cell,gate_names', [
+    ('lstm', ['hf', 'hg', 'hi', 'ho', 'if', 'ig', 'ii', 'io']),
+    ('gru', ['hn', 'hr', 'hz', 'in', 'ir', 'iz']),
+    ('rnn', ['h', 'i']),
+])
+def test_per_layer_sizes_give_the_parameter_shapes(tiny_config, cell, gate_names):
+    """hidden_sizes=(16, 12): layer 0 maps E -> 16, layer 1 16 -> 12, the head 12 -> V."""
+    tiny_config.model.cell = cell
+    tiny_config.model.hidden_sizes = (16, 12)
+    model = train.make_model(tiny_config, 40)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), model.init_carry(1),
+                            np.zeros((1, 1), np.int32))['params']
+    assert shapes['embed']['embedding'].shape == (40, 8)
+    for i, (n_in, n_out) in enumerate([(8, 16), (16, 12)]):
+        layer = shapes[f'{cell}_{i}']
+        assert sorted(layer) == gate_names
+        for name in gate_names:
+            assert layer[name]['kernel'].shape == ((n_in if name[0] == 'i' else n_out), n_out)
+    assert shapes['head']['kernel'].shape == (12, 40)

@@ -1,0 +1,73 @@
+"""charlm.compare: RNN and GRU train on the same data and budget; table and curves.
+
+This is also the test that GRU and RNN models train on the tiny config.
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from charlm import compare, evaluate, metric_writer
+from charlm.errors import CharLMError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_rnn_and_gru_train_and_are_compared(tiny_config, tmp_path):
+    tiny_config.sample.prompts = ()
+    tiny_config.learning_rate = 1e-2
+    tiny_config.model.num_layers = 1  # a smaller program compiles faster
+    out = tmp_path / 'cmp'
+    rows = compare.compare(tiny_config, ['rnn', 'gru'], str(out), steps=6)
+    assert [r['cell'] for r in rows] == ['rnn', 'gru']
+    for r in rows:
+        assert r['parameters'] > 0 and r['wall_seconds'] > 0 and not r['resumed']
+        for key in ('train_loss', 'val_loss', 'val_bits_per_char', 'chars_per_second'):
+            assert math.isfinite(r[key]) and r[key] > 0, (r['cell'], key)
+        val = metric_writer.read_scalars(str(out / r['cell']))['val/loss']
+        assert [s for s, _ in val] == list(range(1, 7))  # eval every 6 // 10 -> 1 step
+        assert val[-1][1] < val[0][1], r['cell']  # it learns
+    # Same sizes: the GRU has three weight sets for the simple RNN's one.
+    assert rows[1]['parameters'] > rows[0]['parameters']
+    table = (out / 'compare.md').read_text()
+    assert '| rnn |' in table and '| gru |' in table and 'chars/s' in table
+    assert json.loads((out / 'compare.json').read_text()) == json.loads(json.dumps(rows))
+    png = (out / 'curves.png').read_bytes()
+    assert png[:4] == b'\x89PNG' and len(png) > 20_000
+    # Each cell's directory is a normal workdir: evaluate reproduces its logged val loss.
+    scored = evaluate.evaluate(str(out / 'gru'), step=6)
+    assert scored['loss'] == pytest.approx(rows[1]['val_loss'], rel=1e-6)
+    assert scored['bits_per_char'] == pytest.approx(rows[1]['val_bits_per_char'], rel=1e-6)
+
+
+def test_bad_cells_in_process(tiny_config, tmp_path):
+    with pytest.raises(CharLMError, match="unknown cell 'transformer' in --cells"):
+        compare.compare(tiny_config, ['lstm', 'transformer'], str(tmp_path))
+    with pytest.raises(CharLMError, match='names a cell twice'):
+        compare.compare(tiny_config, ['gru', 'gru'], str(tmp_path))
+
+
+def run(*args):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+               JAX_PLATFORMS='cpu')
+    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize('args,match', [
+    (['--cells=rnn,bidirectional'], "unknown cell 'bidirectional'"),
+    (['--config.data.path=/no/such/file.txt'], 'corpus file not found: /no/such/file.txt'),
+    (['--config.modle.cell=gru'], "unknown config key 'modle'"),
+])
+def test_bad_input_is_one_line(tmp_path, args, match):
+    proc = run('charlm.compare', '--config=configs/tiny.py', '--steps=2', f'--out={tmp_path}',
+               *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
+    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
