@@ -12,11 +12,11 @@ Decoding, for every token of every stream, in this order:
 The nucleus is measured before the temperature: the temperature reweights the kept
 tokens but never changes which are kept.
 
-Randomness: stream j draws its token t (counted from the end of the prompt) with the key
-fold_in(fold_in(key, j), t). The same key therefore gives the same text whatever the
-chunk size or the number of streams, and the streams differ. A draw is a Gumbel argmax,
-so with several temperatures at once (`temperature=(0.5, 1.0)`) stream j sees the same
-noise at every temperature: only the temperature differs between them.
+Randomness: stream j draws its token t (counted from the end of the prompt) by inverting
+the CDF at a uniform number made from the key fold_in(fold_in(key, j), t). The same key
+therefore gives the same text whatever the chunk size or the number of streams, and the
+streams differ. With several temperatures at once (`temperature=(0.5, 1.0)`) stream j
+uses the same uniform numbers at every temperature: only the temperature differs.
 
 Sizes that change shapes (chunk length, top_k, streams) and the switches that remove work
 (greedy: no random numbers; top_p=1: no sort) are static, so each combination compiles
@@ -62,11 +62,18 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float | jax.Arra
     return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
 
 
-def choose(keys_B: jax.Array, logits_BxV: jax.Array, temperature_B: jax.Array | float,
+def uniforms(keys_B: jax.Array, t: jax.Array) -> jax.Array:
+    """The uniform number in [0, 1) that stream b draws its token t with: float32[B]."""
+    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(keys_B)
+
+
+def choose(u_B: jax.Array, logits_BxV: jax.Array, temperature_B: jax.Array | float,
            top_k: int = 0, top_p: float | jax.Array = 1.0, greedy: bool = False) -> jax.Array:
     """One token per stream, int32[B]: filter, then argmax (temperature 0) or draw.
 
-    `greedy=True` (static) means every temperature is 0: no random numbers are made.
+    A draw inverts the cumulative distribution at the stream's uniform number `u_B`: one
+    random number per stream and step, not the V of a Gumbel argmax (on a CPU those cost
+    more than the model). `greedy=True` (static): every temperature is 0, `u_B` unused.
     """
     logits_BxV = filter_logits(logits_BxV, top_k, top_p)
     argmax_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -75,8 +82,13 @@ def choose(keys_B: jax.Array, logits_BxV: jax.Array, temperature_B: jax.Array | 
     temperature_B = jnp.broadcast_to(jnp.asarray(temperature_B, jnp.float32),
                                      logits_BxV.shape[:1])
     hot_B = temperature_B > 0
-    scaled_BxV = logits_BxV / jnp.where(hot_B, temperature_B, 1.0)[:, None]
-    sampled_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BxV).astype(jnp.int32)
+    probs_BxV = jax.nn.softmax(logits_BxV / jnp.where(hot_B, temperature_B, 1.0)[:, None])
+    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)  # non-decreasing: a token of probability 0
+    x_B = u_B * cdf_BxV[:, -1]  # is never chosen
+    sampled_B = jnp.sum(cdf_BxV <= x_B[:, None], axis=-1, dtype=jnp.int32)
+    # Should rounding put x at the very top, take the last token that can be drawn.
+    last_B = logits_BxV.shape[-1] - 1 - jnp.argmax(probs_BxV[:, ::-1] > 0, axis=-1)
+    sampled_B = jnp.minimum(sampled_B, last_B.astype(jnp.int32))
     return jnp.where(hot_B, sampled_B, argmax_B)
 
 
@@ -97,15 +109,20 @@ def generate(model, params, carry, logits_BxV: jax.Array, keys_B: jax.Array, sta
     `keys_B` holds one key per stream; `start` is the index of the first token drawn
     here, so chunks chained by their carry equal one long call token for token.
     """
-    def body(state, t):
+    steps_L = start + jnp.arange(length, dtype=jnp.int32)
+    if greedy:
+        u_LxB = jnp.zeros((length, keys_B.shape[0]), jnp.float32)
+    else:  # the whole chunk's random numbers in one vectorised call, outside the loop
+        u_LxB = jax.vmap(uniforms, in_axes=(None, 0))(keys_B, steps_L)
+
+    def body(state, u_B):
         carry, logits_BxV = state
-        step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, t)
-        tokens_B = choose(step_keys_B, logits_BxV, temperature_B, top_k, top_p, greedy)
+        tokens_B = choose(u_B, logits_BxV, temperature_B, top_k, top_p, greedy)
         carry, logits_Bx1xV = model.apply({'params': params}, carry, tokens_B[:, None])
         return (carry, logits_Bx1xV[:, 0]), tokens_B
 
-    (carry, logits_BxV), tokens_LxB = jax.lax.scan(
-        body, (carry, logits_BxV), start + jnp.arange(length, dtype=jnp.int32), unroll=unroll)
+    (carry, logits_BxV), tokens_LxB = jax.lax.scan(body, (carry, logits_BxV), u_LxB,
+                                                   unroll=unroll)
     return carry, logits_BxV, tokens_LxB.T
 
 
