@@ -38,28 +38,46 @@ import numpy as np
 from charlm.errors import CharLMError
 
 CHUNK = 128  # tokens per compiled call when streaming: memory does not grow with length
+PAIRWISE_VOCAB = 128  # up to this vocabulary size top-k / top-p compare pairs, not sort
 
 
-def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float | jax.Array = 1.0
-                  ) -> jax.Array:
+def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float | jax.Array = 1.0,
+                  pairwise: bool | None = None) -> jax.Array:
     """Logits with every token outside the top-k, then outside the nucleus, set to -inf.
 
-    `top_k` is static. A Python `top_p >= 1` skips the sort altogether.
+    `top_k` is static; a Python `top_p >= 1` skips the nucleus altogether. A small
+    vocabulary (`pairwise`, default V <= PAIRWISE_VOCAB) compares every pair of tokens,
+    which on a CPU costs a fraction of a sort; a large one sorts. Both keep the same set.
     """
-    sorted_BxK = None
+    nucleus = not (isinstance(top_p, int | float) and top_p >= 1)
+    if not top_k and not nucleus:
+        return logits_BxV
+    if pairwise is None:
+        pairwise = logits_BxV.shape[-1] <= PAIRWISE_VOCAB
+    if pairwise:
+        # above_BxVxV[b, i, j] = 1 where token j is more likely than token i.
+        above_BxVxV = (logits_BxV[:, None, :] > logits_BxV[:, :, None]).astype(jnp.float32)
+        if top_k:  # fewer than k tokens more likely (ties with the k-th are kept)
+            n_above_BxV = jnp.einsum('bij,j->bi', above_BxVxV, jnp.ones(logits_BxV.shape[-1]))
+            logits_BxV = jnp.where(n_above_BxV < top_k, logits_BxV, -jnp.inf)
+        if nucleus:  # the tokens more likely hold less than top_p
+            mass_above_BxV = jnp.einsum('bij,bj->bi', above_BxVxV,
+                                        jax.nn.softmax(logits_BxV, axis=-1))
+            logits_BxV = jnp.where(mass_above_BxV < top_p, logits_BxV, -jnp.inf)
+        return logits_BxV
     if top_k:
         sorted_BxK = jax.lax.top_k(logits_BxV, top_k)[0]  # descending
         logits_BxV = jnp.where(logits_BxV < sorted_BxK[:, -1:], -jnp.inf, logits_BxV)
-    if isinstance(top_p, int | float) and top_p >= 1:
-        return logits_BxV
-    if sorted_BxK is None:
+    else:
         sorted_BxK = jnp.flip(jnp.sort(logits_BxV, axis=-1), axis=-1)
-    probs_BxK = jax.nn.softmax(sorted_BxK, axis=-1)  # renormalised over the top-k
-    # A token stays if the tokens more likely than it hold less than top_p.
-    before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-    cutoff_Bx1 = jnp.min(jnp.where(before_BxK < top_p, sorted_BxK, jnp.inf), axis=-1,
-                         keepdims=True)
-    return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+    if nucleus:
+        # Renormalised over every token the top-k kept, ties with the k-th included.
+        probs_BxK = jnp.exp(sorted_BxK - jax.nn.logsumexp(logits_BxV, axis=-1, keepdims=True))
+        mass_above_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+        cutoff_Bx1 = jnp.min(jnp.where(mass_above_BxK < top_p, sorted_BxK, jnp.inf), axis=-1,
+                             keepdims=True)
+        logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+    return logits_BxV
 
 
 def uniforms(keys_B: jax.Array, t: jax.Array) -> jax.Array:

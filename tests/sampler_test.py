@@ -122,9 +122,10 @@ def test_top_p_never_leaves_the_nucleus(lm):
     assert (nucleus < V).all() and (nucleus > 1).any()  # the test is not vacuous
 
 
-def test_filter_logits_k_then_p():
+@pytest.mark.parametrize('pairwise', [True, False])
+def test_filter_logits_k_then_p(pairwise):
     logits = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]]))
-    kept = lambda **kw: np.isfinite(sampler.filter_logits(logits, **kw))  # noqa: E731
+    kept = lambda **kw: np.isfinite(sampler.filter_logits(logits, **kw, pairwise=pairwise))  # noqa: E731
     np.testing.assert_array_equal(kept(top_k=2)[0], [1, 1, 0, 0])
     np.testing.assert_array_equal(kept(top_p=0.6)[0], [1, 1, 0, 0])
     np.testing.assert_array_equal(kept(top_p=0.75)[1], [0, 1, 1, 1])
@@ -134,8 +135,17 @@ def test_filter_logits_k_then_p():
     np.testing.assert_array_equal(kept(top_k=3, top_p=0.4)[0], [1, 0, 0, 0])
     np.testing.assert_array_equal(kept(top_k=0, top_p=1.0), np.ones((2, 4)))
     # A traced top_p of 1 keeps everything too.
-    np.testing.assert_array_equal(np.isfinite(sampler.filter_logits(logits, 0, jnp.float32(1))),
-                                  np.ones((2, 4)))
+    traced_one = sampler.filter_logits(logits, 0, jnp.float32(1), pairwise=pairwise)
+    np.testing.assert_array_equal(np.isfinite(traced_one), np.ones((2, 4)))
+
+
+@pytest.mark.parametrize('top_k,top_p', [(0, 0.63), (5, 1.0), (5, 0.71), (1, 0.2), (40, 0.9)])
+def test_pairwise_and_sorted_filters_agree(top_k, top_p):
+    # Logits rounded to halves, so many tie; both keep every token tied with the last kept.
+    logits = jnp.round(jax.random.normal(jax.random.key(top_k), (64, 40)) * 4) / 2
+    pairwise = sampler.filter_logits(logits, top_k, top_p, pairwise=True)
+    sort = sampler.filter_logits(logits, top_k, top_p, pairwise=False)
+    np.testing.assert_array_equal(pairwise, sort)
 
 
 def test_streams_differ_and_the_same_seed_reproduces(lm):
