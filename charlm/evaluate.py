@@ -52,6 +52,25 @@ class Restored(Run):
     params: Any = None
 
 
+def saved_steps(directory: pathlib.Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def close(ckpts: checkpointing.Checkpoints) -> None:
+    """Closes, first waiting for the temporary-directory cleanup each orbax manager starts.
+
+    Its close() does not wait for it, and a command that exits right after (an error)
+    would print that thread's 'cannot schedule new futures after interpreter shutdown'.
+    """
+    for mngr in (ckpts.latest, ckpts.best):
+        wait = getattr(mngr, '_maybe_await_cleanup_tmp_directory', None)
+        if wait is not None:
+            wait()
+    ckpts.close()
+
+
 def read_run(workdir: str, step: int | None = None) -> Run:
     """The best checkpoint of `workdir` (the latest if none is best yet), or step `step`.
 
@@ -61,23 +80,25 @@ def read_run(workdir: str, step: int | None = None) -> Run:
     hint = 'train first: python -m charlm.main --config=... --workdir=' + str(workdir)
     if not path.is_dir():
         raise CharLMError(f'workdir not found: {workdir} ({hint})')
+    # Steps from the directory names (orbax names unfinished saves STEP.orbax-...-tmp), so
+    # bad input fails before any checkpoint manager starts its threads.
+    latest, best = saved_steps(path / 'checkpoints'), saved_steps(path / 'best')
+    if not latest and not best:
+        raise CharLMError(f'no checkpoint in {workdir} ({hint})')
+    if step is None:
+        use_best = bool(best)
+        step = max(best) if best else max(latest)
+    elif step in latest or step in best:
+        use_best = step not in latest
+    else:
+        saved = sorted(set(latest) | set(best))
+        raise CharLMError(f'no checkpoint of step {step} in {workdir}; saved steps: '
+                          f'{", ".join(map(str, saved))}')
     ckpts = checkpointing.Checkpoints(str(path), create=False)
     try:
-        latest, best = ckpts.latest.all_steps(), ckpts.best.all_steps()
-        if not latest and not best:
-            raise CharLMError(f'no checkpoint in {workdir} ({hint})')
-        if step is None:
-            use_best = bool(best)
-            step = max(best) if best else max(latest)
-        elif step in latest or step in best:
-            use_best = step not in latest
-        else:
-            saved = sorted(set(latest) | set(best))
-            raise CharLMError(f'no checkpoint of step {step} in {workdir}; saved steps: '
-                              f'{", ".join(map(str, saved))}')
         saved = ckpts.read_json(step, best=use_best)
     finally:
-        ckpts.close()
+        close(ckpts)
     return Run(str(workdir), int(step), 'best' if use_best else 'latest',
                ml_collections.ConfigDict(saved['config']), tokenizers.from_json(saved['tokenizer']))
 
@@ -100,7 +121,7 @@ def restore(run: Run | str, step: int | None = None) -> Restored:
     try:
         state = ckpts.restore_state(state, run.step, best=run.which == 'best')
     finally:
-        ckpts.close()
+        close(ckpts)
     return Restored(**vars(run), model=model, params=state.params)
 
 

@@ -101,7 +101,8 @@ def capture(model, params, tokens_1xT: jax.Array, layer: int) -> dict[str, np.nd
     check_cell(model.cell)
     check_layer(layer, len(model.hidden_sizes))
     out = _capture(model, params, jnp.asarray(tokens_1xT, jnp.int32), layer)
-    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+    order = [*GATES[model.cell], STATE[model.cell], 'logits', 'model_logits']  # jit sorts keys
+    return {k: np.asarray(out[k], np.float32) for k in order}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'layer'))
@@ -123,9 +124,13 @@ def _capture(model, params, tokens_1xT, layer):
 
 
 def token_labels(tokenizer, ids) -> list[str]:
-    """Axis labels, with whitespace made visible (⏎ newline, ␣ space, ⇥ tab)."""
+    """Axis labels, with whitespace made visible (⏎ newline, ␣ space, ⇥ tab).
+
+    Word labels are turned on their side, where a lone ⏎ is too small: there '\\n'.
+    """
+    visible = VISIBLE if tokenizer.kind == 'char' else {'\n': '\\n'}
     words = [tokenizer.itos[int(i)] for i in ids]
-    return [''.join(VISIBLE.get(c, c) for c in w) if w.isspace() else w for w in words]
+    return [''.join(visible.get(c, c) for c in w) if w.isspace() else w for w in words]
 
 
 def draw(acts: dict[str, np.ndarray], labels: list[str], units: int, out: str,

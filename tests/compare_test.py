@@ -22,15 +22,17 @@ def test_rnn_and_gru_train_and_are_compared(tiny_config, tmp_path):
     tiny_config.sample.prompts = ()
     tiny_config.learning_rate = 1e-2
     tiny_config.model.num_layers = 1  # a smaller program compiles faster
+    tiny_config.num_train_steps = 6
+    tiny_config.eval_every_steps = 3
     out = tmp_path / 'cmp'
-    rows = compare.compare(tiny_config, ['rnn', 'gru'], str(out), steps=6)
+    rows = compare.compare(tiny_config, ['rnn', 'gru'], str(out))
     assert [r['cell'] for r in rows] == ['rnn', 'gru']
     for r in rows:
         assert r['parameters'] > 0 and r['wall_seconds'] > 0 and not r['resumed']
         for key in ('train_loss', 'val_loss', 'val_bits_per_char', 'chars_per_second'):
             assert math.isfinite(r[key]) and r[key] > 0, (r['cell'], key)
         val = metric_writer.read_scalars(str(out / r['cell']))['val/loss']
-        assert [s for s, _ in val] == list(range(1, 7))  # eval every 6 // 10 -> 1 step
+        assert [s for s, _ in val] == [3, 6]
         assert val[-1][1] < val[0][1], r['cell']  # it learns
     # Same sizes: the GRU has three weight sets for the simple RNN's one.
     assert rows[1]['parameters'] > rows[0]['parameters']
@@ -43,6 +45,14 @@ def test_rnn_and_gru_train_and_are_compared(tiny_config, tmp_path):
     scored = evaluate.evaluate(str(out / 'gru'), step=6)
     assert scored['loss'] == pytest.approx(rows[1]['val_loss'], rel=1e-6)
     assert scored['bits_per_char'] == pytest.approx(rows[1]['val_bits_per_char'], rel=1e-6)
+
+
+def test_steps_sets_the_budget_and_at_least_ten_evaluations(tiny_config):
+    c = compare.cell_config(tiny_config, 'gru', steps=50)
+    assert (c.model.cell, c.num_train_steps, c.eval_every_steps) == ('gru', 50, 5)
+    c = compare.cell_config(tiny_config, 'rnn', steps=5000)
+    assert (c.num_train_steps, c.eval_every_steps) == (5000, 10)  # the config's, if denser
+    assert tiny_config.model.cell == 'lstm'  # the base config is left alone
 
 
 def test_bad_cells_in_process(tiny_config, tmp_path):
@@ -62,7 +72,6 @@ def run(*args):
 @pytest.mark.parametrize('args,match', [
     (['--cells=rnn,bidirectional'], "unknown cell 'bidirectional'"),
     (['--config.data.path=/no/such/file.txt'], 'corpus file not found: /no/such/file.txt'),
-    (['--config.modle.cell=gru'], "unknown config key 'modle'"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, match):
     proc = run('charlm.compare', '--config=configs/tiny.py', '--steps=2', f'--out={tmp_path}',

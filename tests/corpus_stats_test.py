@@ -53,8 +53,3 @@ def test_command_line_with_a_config_override(corpus_file, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'most frequent characters' in proc.stdout and '␣' in proc.stdout
     assert (tmp_path / 'c.png').stat().st_size > 10_000
-    proc = run('charlm.corpus_stats', '--config=configs/shakespeare.py',
-               '--config.data.path=/no/such.txt')
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
-    assert errors == ['charlm: error: corpus file not found: /no/such.txt']

@@ -130,19 +130,15 @@ def _char_checkpoint(workdir, config):
     ckpts.close()
 
 
-@pytest.mark.parametrize('what', ['no_checkpoint', 'unknown_chars', 'bad_split'])
-def test_bad_input_is_one_line(trained, tiny_config, tmp_path, what):
-    workdir, _ = trained
+@pytest.mark.parametrize('what', ['no_checkpoint', 'unknown_chars'])
+def test_bad_input_is_one_line(tiny_config, tmp_path, what):
     if what == 'no_checkpoint':
         (tmp_path / 'empty').mkdir()
         proc = run('charlm.evaluate', f'--workdir={tmp_path}/empty')
         assert_one_line_error(proc, 'no checkpoint in')
-    elif what == 'unknown_chars':
+    else:
         _char_checkpoint(tmp_path / 'chars', tiny_config)
         text = tmp_path / 'euro.txt'
         text.write_text('First Citizen: 5 €\n', encoding='utf-8')
         proc = run('charlm.evaluate', f'--workdir={tmp_path}/chars', f'--text_file={text}')
         assert_one_line_error(proc, "never saw in training: '5', '€'")
-    else:
-        proc = run('charlm.evaluate', f'--workdir={workdir}', '--split=train')
-        assert_one_line_error(proc, '--split')

@@ -55,6 +55,7 @@ def test_lstm_gates_equal_the_textbook_equations_on_the_same_parameters():
                 record[name].append(v)
             outs.append(h)
         x = np.stack(outs)
+    assert list(acts) == ['forget', 'input', 'output', 'cell state', 'logits', 'model_logits']
     for name, values in record.items():  # the last layer is the one captured
         assert acts[name].shape == (9, 6)
         np.testing.assert_allclose(acts[name], np.stack(values), rtol=1e-5, atol=1e-6)
@@ -92,6 +93,8 @@ def test_rnn_and_bad_layer_are_errors():
 def test_labels_and_escapes():
     tok = tokenizers.CharTokenizer.from_text('ab \n')
     assert gates.token_labels(tok, tok.encode('a b\n')) == ['a', '␣', 'b', '⏎']
+    words = tokenizers.WordTokenizer.from_text('speak \n')
+    assert gates.token_labels(words, words.encode('speak\n')) == ['speak', '\\n']
     assert gates.unescape(r'First Citizen:\nBefore\\n') == 'First Citizen:\nBefore\\n'
 
 
@@ -117,6 +120,10 @@ def test_png_from_a_checkpoint(tiny_config, tmp_path):
     assert out.stat().st_size > 20_000
     with pytest.raises(CharLMError, match="never saw in training: '€'"):
         gates.gates(str(tmp_path / 'run'), 'we €', str(out))
+    with pytest.raises(CharLMError, match='--layer=2 is out of range: the model has 2 layers'):
+        gates.gates(str(tmp_path / 'run'), 'we', str(out), layer=2)
+    with pytest.raises(CharLMError, match='no checkpoint in'):
+        gates.gates(str(tmp_path), 'we', str(out))
 
 
 def run(*args, timeout=120):
@@ -129,15 +136,11 @@ def run(*args, timeout=120):
 @pytest.mark.parametrize('cell,args,match', [
     ('rnn', [], "a 'rnn' layer has no gates to show: gates works for lstm and gru models"),
     ('lstm', ['--text=Before we €'], "characters the model never saw in training: '€'"),
-    ('lstm', ['--layer=2'], '--layer=2 is out of range: the model has 2 layers'),
-    (None, [], 'no checkpoint in'),
 ])
 def test_bad_input_is_one_line(tiny_config, tmp_path, cell, args, match):
     workdir = tmp_path / 'run'
-    workdir.mkdir()
-    if cell:
-        tiny_config.model.cell = cell
-        _save_checkpoint(workdir, tiny_config, gates.DEFAULT_TEXT)
+    tiny_config.model.cell = cell
+    _save_checkpoint(workdir, tiny_config, gates.DEFAULT_TEXT)
     proc = run('charlm.gates', f'--workdir={workdir}', f'--out={tmp_path}/g.png', *args)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr

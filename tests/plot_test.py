@@ -59,8 +59,3 @@ def test_command_line(tmp_path):
     proc = run('charlm.plot', f'--workdir={tmp_path}/a', f'{tmp_path}/b', f'--out={tmp_path}/c.png')
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / 'c.png').stat().st_size > 20_000
-    (tmp_path / 'empty').mkdir()
-    proc = run('charlm.plot', f'--workdir={tmp_path}/empty', f'--out={tmp_path}/d.png')
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
-    assert len(errors) == 1 and 'no training curves in' in errors[0]
