@@ -1,4 +1,4 @@
-"""Trains the same model with different cells on the same data, seed and step budget.
+r"""Trains the same model with different cells on the same data, seed and step budget.
 
   python -m charlm.compare --config=configs/shakespeare.py --cells=rnn,lstm,gru \
       --steps=2000 --out=runs/compare [--config.data.path=FILE ...]

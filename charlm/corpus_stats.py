@@ -1,4 +1,4 @@
-"""What a config's corpus holds: size, vocabulary, splits, and its most frequent tokens.
+r"""What a config's corpus holds: size, vocabulary, splits, and its most frequent tokens.
 
   python -m charlm.corpus_stats --config=configs/shakespeare.py --out=chars.png
   python -m charlm.corpus_stats --config=configs/shakespeare_words.py --out=words.png

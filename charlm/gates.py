@@ -1,7 +1,7 @@
-"""Gate heatmaps: what one recurrent layer of a trained model does, character by character.
+r"""Gate heatmaps: what one recurrent layer of a trained model does, character by character.
 
   python -m charlm.gates --workdir=runs/shakespeare --layer=0 --units=16 --out=gates.png \
-      --text="First Citizen:\\nBefore we proceed any further, hear me speak."
+      --text="First Citizen:\nBefore we proceed any further, hear me speak."
 
 LSTM: forget, input and output gates and the cell state; GRU: reset and update gates
 and the hidden state. A simple RNN has no gates (an error). One row per unit, one
