@@ -10,8 +10,8 @@ column per token of the text, read from a zero state as in training.
 The numbers come from the trained parameters run through Flax's own cell, never from
 a copy of its equations: the embedding output is recorded (nn.intercept_methods) while
 the trained model reads the text; then each layer's parameters are stepped through
-nn.LSTMCell / nn.GRUCell (the parameter names of OptimizedLSTMCell and of the scanned
-GRUCell) with capture_intermediates=True, each layer's outputs feeding the next. A gate
+nn.LSTMCell / nn.GRUCell (whose parameter names every charlm LSTM and GRU layer keeps)
+with capture_intermediates=True, each layer's outputs feeding the next. A gate
 is the cell's `gate_fn` of the sum of its recorded input and hidden Dense outputs; the
 states are the cell's own carries. The top layer's outputs through the model's output
 layer reproduce the model's logits, which checks that the stepped cells are the model.
