@@ -26,8 +26,13 @@ _ITEMS = ('state', 'tokenizer', 'config', 'meta')
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int, create: bool) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                           enable_async_checkpointing=True)
+    # The two managers of a workdir may save the same step at once: their multi-process
+    # barriers need distinct names (orbax keys them by step alone).
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=create, enable_async_checkpointing=True,
+        cleanup_tmp_directories=True,  # a save killed midway is removed at the next start
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=directory.name))
     return ocp.CheckpointManager(directory, options=options)
 
 

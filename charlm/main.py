@@ -2,17 +2,25 @@
 
   python -m charlm.main --config=configs/shakespeare.py --workdir=runs/shakespeare \
       --config.model.hidden_size=512
+
+On every host of a TPU pod or GPU cluster run the same command (with --multihost, or
+the explicit --coordinator_address/--num_processes/--process_id); see launch/.
 """
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from charlm import cli, train
+from charlm import cli, distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints and TensorBoard events go here.')
+flags.DEFINE_bool('multihost', False, 'Join a multi-process job found by JAX (TPU pod, SLURM).')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for explicit set-up.')
+flags.DEFINE_integer('num_processes', None, 'Processes in the job (explicit set-up).')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (explicit set-up).')
+flags.DEFINE_integer('init_timeout', 120, 'Seconds to wait for the other processes.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -20,6 +28,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    distributed.initialize(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, FLAGS.init_timeout)  # before any device is used
     logging.info('JAX %s: process %d of %d, %d local devices (%s), %d in all', jax.__version__,
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.devices()[0].platform, jax.device_count())

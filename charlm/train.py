@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import jax_utils
+from jax.experimental import multihost_utils
 from flax.training import train_state
 
 from charlm import checkpointing, data, metric_writer, model as model_lib, tokenizers
@@ -239,6 +240,16 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
 
+    def agreed(self, sync_point: bool) -> bool:
+        """Whether to stop after this step. With several processes they must agree on the
+        step, so the flag is exchanged at sync points (log steps) only, never per step."""
+        if jax.process_count() == 1:
+            return self.signal is not None
+        if not sync_point:
+            return False
+        flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
+        return bool(np.any(flags))
+
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
@@ -335,9 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             pending.append(metrics)
             at_end = step == config.num_train_steps
             do_eval = step % config.eval_every_steps == 0 or at_end
-            do_save = (step % config.checkpoint_every_steps == 0 or at_end or stop.signal
-                       or (stop_at is not None and step >= stop_at))
-            if step % config.log_every_steps == 0 or do_eval or do_save:
+            do_save = step % config.checkpoint_every_steps == 0 or at_end
+            do_log = step % config.log_every_steps == 0 or do_eval or do_save
+            stopping = stop.agreed(do_log) or (stop_at is not None and step >= stop_at
+                                               and not at_end)
+            if do_log or stopping:
                 flush_metrics()  # also the NaN check before anything is saved
             if do_eval:
                 t0 = time.perf_counter()
@@ -354,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                  time.perf_counter() - t0)
                 last.update(val_loss=val['loss'], val_bits_per_char=val['bits_per_char'],
                             val_perplexity=val['perplexity'])
-                _write_samples(config, model, state.params, tok, sample_key, step, writer)
+                if is_main:
+                    _write_samples(config, model, state.params, tok, sample_key, step, writer)
                 if val['loss'] < meta['best_val_loss']:
                     meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
                     save(best=True)
@@ -366,14 +380,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    f'val loss {meta["best_val_loss"]:.4f} at step '
                                    f'{meta["best_step"]}')
                     do_save = True
-            if do_save:
+            if stopping:
+                why = stop.signal or (f'stop_at={stop_at}' if step == stop_at else 'a signal to '
+                                      'another process')
+                stop_reason = (f'stopped by {why} at step {step}; checkpoint saved: run '
+                               'the same command to resume')
+            if do_save or stop_reason:
                 save()
                 writer.flush()
-            if stop_at is not None and step >= stop_at and not at_end:
-                stop.signal = stop.signal or f'stop_at={stop_at}'
-            if stop.signal:
-                stop_reason = (f'stopped by {stop.signal} at step {step}; checkpoint saved: run '
-                               'the same command to resume')
             if stop_reason:
                 break
     ckpts.wait()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# N processes on this machine as one multi-process JAX job on CPU (what a pod does with
+# hosts), each with D fake CPU devices. Used by tests/multiprocess_test.py.
+#
+#   launch/local_multiprocess.sh 2 2 --config=configs/tiny.py --workdir=/tmp/mp
+#
+# Every process gets the same flags plus --coordinator_address/--num_processes/
+# --process_id. Output lines are prefixed with [process]. Exits non-zero if any fails.
+set -euo pipefail
+if [[ $# -lt 2 ]]; then
+  echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS [charlm.main flags...]" >&2
+  exit 2
+fi
+n=$1 d=$2
+shift 2
+port=${PORT:-$((20000 + RANDOM % 20000))}
+cd "$(dirname "$0")/.."
+pids=()
+for ((i = 0; i < n; i++)); do
+  XLA_FLAGS="--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
+    python -u -m charlm.main --coordinator_address="localhost:$port" --num_processes="$n" \
+    --process_id="$i" "$@" > >(sed -u "s/^/[$i] /") 2>&1 &
+  pids+=($!)
+done
+trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
+status=0
+for p in "${pids[@]}"; do
+  wait "$p" || status=$?
+done
+exit "$status"

@@ -1,0 +1,77 @@
+"""Preemption and crashes, with real signals sent to real training processes."""
+
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from charlm import checkpointing, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def start(workdir, corpus, *overrides):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+               PYTHONUNBUFFERED='1')
+    return subprocess.Popen(
+        [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+         f'--config.data.path={corpus}', *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc, text, timeout=120):
+    """Reads stderr until a line contains `text`; returns the lines read."""
+    lines, deadline = [], time.monotonic() + timeout
+    for line in proc.stderr:
+        lines.append(line)
+        if text in line:
+            return lines
+        assert time.monotonic() < deadline, ''.join(lines[-20:])
+    raise AssertionError(f'process ended before {text!r}:\n' + ''.join(lines[-30:]))
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(corpus_file, tmp_path):
+    workdir = tmp_path / 'run'
+    proc = start(workdir, corpus_file, '--config.num_train_steps=100000',
+                 '--config.checkpoint_every_steps=100000', '--config.eval_every_steps=100000')
+    wait_for(proc, 'step ')  # training is under way
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, rest[-3000:]
+    assert 'stopped by SIGTERM at step' in rest and 'resume' in rest
+    step = int(rest.split('stopped by SIGTERM at step ')[1].split(';')[0])
+    assert checkpointing.Checkpoints(str(workdir), create=False).latest_step() == step > 0
+
+
+def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tiny_config, tmp_path):
+    overrides = {'num_train_steps': 60, 'checkpoint_every_steps': 3, 'log_every_steps': 1,
+                 'eval_every_steps': 30}
+    for k, v in overrides.items():
+        tiny_config[k] = v
+    flags = [f'--config.{k}={v}' for k, v in overrides.items()]
+    reference = train.train_and_evaluate(tiny_config, str(tmp_path / 'reference'))
+
+    workdir = tmp_path / 'killed'
+    rng = random.Random(0)
+    for _ in range(3):
+        proc = start(workdir, tiny_config.data.path, *flags)
+        wait_for(proc, 'step ')
+        time.sleep(rng.uniform(0.0, 1.5))  # anywhere: mid-step, mid-save, mid-eval
+        proc.kill()
+        proc.wait()
+    proc = start(workdir, tiny_config.data.path, *flags)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, rest[-3000:]
+    final = rest.split('done: ')[1]
+    assert "'step': 60" in final
+    assert f"'train_loss': {reference['train_loss']!r}" in final
+    a = checkpointing.Checkpoints(str(workdir), create=False).restore_state_raw()
+    b = checkpointing.Checkpoints(str(tmp_path / 'reference'), create=False).restore_state_raw()
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not list(workdir.rglob('*orbax-checkpoint-tmp*'))  # half-written saves are gone

@@ -1,0 +1,63 @@
+"""Two local processes x two CPU devices as one job, against one process x four devices."""
+
+import ast
+import os
+import pathlib
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from charlm import checkpointing, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _done(line: str) -> dict:
+    return ast.literal_eval(line.split('done: ', 1)[1].strip())
+
+
+def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
+    workdir = tmp_path / 'mp'
+    env = dict(os.environ, PORT=str(random.randint(20000, 40000)))
+    proc = subprocess.run(
+        ['bash', 'launch/local_multiprocess.sh', '2', '2', '--config=configs/tiny.py',
+         f'--workdir={workdir}', f'--config.data.path={tiny_config.data.path}'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    results = {line[1]: _done(line) for line in proc.stdout.splitlines() if 'done: ' in line}
+    assert set(results) == {'0', '1'}
+    assert results['0'] == results['1']  # every process reports the same numbers
+    assert sum('step 20/20' in line for line in proc.stdout.splitlines()) == 1  # process 0 only
+
+    single = train.train_and_evaluate(tiny_config, str(tmp_path / 'single'))  # 1 x 4 devices
+    for key in ('train_loss', 'val_loss', 'best_val_loss'):
+        assert results['0'][key] == pytest.approx(single[key], rel=1e-5)
+    ckpts = checkpointing.Checkpoints(str(workdir), create=False)
+    mp_params = ckpts.restore_state_raw()['params']
+    one_params = checkpointing.Checkpoints(str(tmp_path / 'single'), create=False
+                                           ).restore_state_raw()['params']
+    import jax
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 mp_params, one_params)
+
+    # The 2-process checkpoint resumes in one process with one device.
+    resume = subprocess.run(
+        [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+         f'--config.data.path={tiny_config.data.path}', '--config.num_train_steps=25'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert 'Resuming from' in resume.stderr and 'step 25/25' in resume.stderr
+
+
+def test_unreachable_coordinator_fails_in_bounded_time(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py',
+         f'--workdir={tmp_path}/w', '--coordinator_address=localhost:1', '--num_processes=2',
+         '--process_id=1', '--init_timeout=3'],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert 'charlm: error: no coordinator answered at localhost:1 within 3s' in proc.stderr
