@@ -103,8 +103,13 @@ class Checkpoints:
         self.best.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        """Waits for orbax's temporary-directory cleanup thread, which close() does not:
+        a command exiting right after would print that thread's shutdown traceback."""
+        for mngr in (self.latest, self.best):
+            wait = getattr(mngr, '_maybe_await_cleanup_tmp_directory', None)
+            if wait is not None:
+                wait()
+            mngr.close()
 
 
 def has_checkpoint(workdir: str) -> bool:

@@ -7,6 +7,10 @@ Shapes (the one place they are named; other modules use these suffixes):
   An eval batch adds 'weights': float32[D, B, T], 1 for a real target and 0 for padding,
   so that summing nll * weights over all eval batches covers every validation target
   exactly once.
+  Stateful (truncated-BPTT) batches instead cut the split into global_batch contiguous
+  streams; row r of step s continues row r of step s - 1, and 'reset': float32[D, B] is 1
+  where a stream starts over (the first window of an epoch), telling the step to zero
+  that row's carry.
 """
 
 from __future__ import annotations
@@ -205,3 +209,50 @@ def eval_batches(tokens: np.ndarray, seq_len: int, layout: Layout
     for b in range(n_batches):
         yield {'inputs': layout.shard(inputs[b, rows]), 'targets': layout.shard(targets[b, rows]),
                'weights': layout.shard(weights[b, rows])}
+
+
+def stream_steps(num_tokens: int, seq_len: int, global_batch: int) -> int:
+    """Steps per epoch of stateful training: windows in each of `global_batch` streams."""
+    per_epoch = (num_tokens // global_batch - 1) // seq_len
+    if per_epoch < 1:
+        raise CharLMError(
+            f'stateful training cuts the train split into batch_size={global_batch} streams; '
+            f'{num_tokens} tokens leave fewer than seq_len + 1 = {seq_len + 1} per stream')
+    return per_epoch
+
+
+def stateful_train_batch(tokens: np.ndarray, seq_len: int, step: int, layout: Layout
+                         ) -> dict[str, np.ndarray]:
+    """Window `step % steps_per_epoch` of every stream; streams restart each epoch."""
+    n = layout.global_batch
+    stream_len = len(tokens) // n
+    k = step % stream_steps(len(tokens), seq_len, n)
+    starts = (np.arange(n) * stream_len + k * seq_len)[layout.local_rows]
+    windows = tokens[starts[:, None] + np.arange(seq_len + 1)]
+    reset = np.full(len(starts), float(k == 0), np.float32)
+    return {'inputs': layout.shard(windows[:, :-1]), 'targets': layout.shard(windows[:, 1:]),
+            'reset': layout.shard(reset)}
+
+
+def stateful_eval_batches(tokens: np.ndarray, seq_len: int, layout: Layout
+                          ) -> Iterator[dict[str, np.ndarray]]:
+    """Every target once, as global_batch contiguous streams read window after window.
+
+    Consumed in order with the carry passed on, each stream is read with its full history
+    (up to the stream start), as a stateful model is used.
+    """
+    n_targets = len(tokens) - 1
+    n = layout.global_batch
+    windows = -(-(-(-n_targets // n)) // seq_len)  # per stream
+    stream_len = windows * seq_len
+    padded = np.zeros(n * stream_len + 1, dtype=np.int32)
+    padded[:len(tokens)] = tokens
+    weights = np.zeros(n * stream_len, dtype=np.float32)
+    weights[:n_targets] = 1.0
+    inputs = padded[:-1].reshape(n, stream_len)[layout.local_rows]
+    targets = padded[1:].reshape(n, stream_len)[layout.local_rows]
+    weights = weights.reshape(n, stream_len)[layout.local_rows]
+    for k in range(windows):
+        cols = slice(k * seq_len, (k + 1) * seq_len)
+        yield {'inputs': layout.shard(inputs[:, cols]), 'targets': layout.shard(targets[:, cols]),
+               'weights': layout.shard(weights[:, cols])}

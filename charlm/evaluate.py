@@ -59,16 +59,7 @@ def saved_steps(directory: pathlib.Path) -> list[int]:
 
 
 def close(ckpts: checkpointing.Checkpoints) -> None:
-    """Closes, first waiting for the temporary-directory cleanup each orbax manager starts.
-
-    Its close() does not wait for it, and a command that exits right after (an error)
-    would print that thread's 'cannot schedule new futures after interpreter shutdown'.
-    """
-    for mngr in (ckpts.latest, ckpts.best):
-        wait = getattr(mngr, '_maybe_await_cleanup_tmp_directory', None)
-        if wait is not None:
-            wait()
-    ckpts.close()
+    ckpts.close()  # waits for orbax's cleanup thread too
 
 
 def read_run(workdir: str, step: int | None = None) -> Run:
@@ -174,9 +165,11 @@ def score(restored: Restored, text: str) -> dict[str, Any]:
                          jax.process_index())
     eval_fn = _eval_fn(restored.model)
     params = jax_utils.replicate(restored.params)
-    metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, len(text))
+    chars = train.predicted_chars(tok, text)  # all but the first token's, as in training
+    metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, chars,
+                             config.data.get('stateful', False))
     return {
-        'tokenizer': tok.kind, 'characters': len(text), 'tokens': int(metrics['tokens']),
+        'tokenizer': tok.kind, 'characters': chars, 'tokens': int(metrics['tokens']),
         'loss': metrics['loss'], 'bits_per_token': metrics['loss'] / train.LN2,
         'bits_per_char': metrics['bits_per_char'], 'perplexity': metrics['perplexity'],
         'unknown_tokens': int(np.sum(ids == 0)) if tok.kind == 'word' else 0,

@@ -84,7 +84,11 @@ class Saved:
     def params(self):
         """The parameters, on this machine's default device whatever it was trained on."""
         tx = train.make_optimizer(self.config)
-        shapes = jax.eval_shape(lambda: train.create_state(self.model, tx, jax.random.key(0)))
+        data = self.config.get('data', {})
+        # A stateful run saves its training carry too: the target needs its shape.
+        carry = {'carry_batch': self.config.batch_size} if data.get('stateful', False) else {}
+        shapes = jax.eval_shape(
+            lambda: train.create_state(self.model, tx, jax.random.key(0), **carry))
         target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         ckpts = checkpointing.Checkpoints(str(self.workdir), create=False)
         try:
@@ -126,7 +130,8 @@ def find(workdir: str, step: int | None = None) -> Saved:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CharLMError(f'checkpoint {path}/{step} is unreadable: its tokenizer or config is '
-                          f'damaged ({type(e).__name__}: {e})') from None
+                          f'damaged or from another charlm version ({type(e).__name__}: {e})'
+                          ) from None
     return Saved(path, step, best, tokenizer, config, model, saved.get('meta') or {})
 
 
@@ -198,6 +203,23 @@ def run(workdir: str, prompt: str = '', length: int = 500,
     return texts
 
 
+class Tee:
+    """Writes to stdout and, if given, a file: --output gets what is printed, as printed."""
+
+    def __init__(self, file: TextIO | None = None):
+        self.file = file
+
+    def write(self, s: str) -> None:
+        sys.stdout.write(s)
+        if self.file is not None:
+            self.file.write(s)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+        if self.file is not None:
+            self.file.flush()
+
+
 @cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
@@ -205,31 +227,22 @@ def main(argv):
     temps = parse_temperatures(FLAGS.temperature)
     output = None
     if FLAGS.output:
-        output = pathlib.Path(FLAGS.output).expanduser()
-        if not output.parent.is_dir():
-            raise CharLMError(f'cannot write --output={FLAGS.output}: no directory '
-                              f'{output.parent}')
-
-    class Tee:  # what is printed goes to --output too
-        def __init__(self):
-            self.parts = []
-
-        def write(self, s):
-            self.parts.append(s)
-            sys.stdout.write(s)
-
-        def flush(self):
-            sys.stdout.flush()
-
-    tee = Tee()
-    run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, FLAGS.top_k, FLAGS.top_p,
-        FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk, out=tee)
-    if output is not None:
         try:
-            output.write_text(''.join(tee.parts), encoding='utf-8')
+            output = open(pathlib.Path(FLAGS.output).expanduser(), 'w', encoding='utf-8')
         except OSError as e:
             raise CharLMError(f'cannot write --output={FLAGS.output}: {e.strerror}') from None
-        logging.info('samples written to %s', output)
+    try:
+        run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, FLAGS.top_k, FLAGS.top_p,
+            FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk,
+            out=Tee(output))
+    except KeyboardInterrupt:  # Ctrl-C while text streams: stop quietly
+        print(file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if output is not None:
+            output.close()
+    if output is not None:
+        logging.info('samples written to %s', FLAGS.output)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,10 @@ LN2 = math.log(2.0)
 
 
 class TrainState(train_state.TrainState):
-    pass
+    # Stateful (truncated-BPTT) training only: the recurrent state carried from one batch
+    # to the next, so checkpoints keep it. On the host it is global, [batch_size, H] per
+    # leaf; on the devices each holds its own rows, [D, B, H]. Empty otherwise.
+    carry: Any = ()
 
 
 # ------------------------------------------------------------------ config -> objects
@@ -50,17 +53,26 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.
     return model_lib.RecurrentLM(
         vocab_size=vocab_size, embed_dim=m.embed_dim,
         hidden_sizes=model_lib.hidden_sizes_from(m.num_layers, m.hidden_size, m.hidden_sizes),
-        cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.unroll, impl=m.impl, dtype=dtype)
+        cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.get('unroll', 1),
+        impl=m.get('impl', 'hoisted'), dtype=dtype)  # .get: configs saved before the field
 
 
-def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup to `learning_rate`, then cosine decay to `end_lr_fraction` of it."""
+def make_schedule(config: ml_collections.ConfigDict, xp=jnp) -> optax.Schedule:
+    """Linear warmup to `learning_rate`, then cosine decay to `end_lr_fraction` of it.
+
+    Step 0 already learns and the last step ends the decay. xp=np evaluates it on the
+    host for logging without dispatching device ops.
+    """
+    peak, end = config.learning_rate, config.learning_rate * config.end_lr_fraction
     warmup = min(config.warmup_steps, max(config.num_train_steps - 1, 0))
-    base = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
-        decay_steps=max(config.num_train_steps, warmup + 1),
-        end_value=config.learning_rate * config.end_lr_fraction)
-    return lambda step: base(step + 1)  # step 0 already learns; the last step ends the decay
+    decay = max(config.num_train_steps - warmup, 1)
+
+    def schedule(step):
+        step = step + 1
+        progress = xp.clip((step - warmup) / decay, 0.0, 1.0)
+        cosine = end + (peak - end) * 0.5 * (1 + xp.cos(xp.pi * progress))
+        return xp.where(step < warmup, peak * step / max(warmup, 1), cosine)
+    return schedule
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -75,10 +87,40 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def create_state(model: model_lib.RecurrentLM, tx: optax.GradientTransformation,
-                 key: jax.Array) -> TrainState:
+                 key: jax.Array, carry_batch: int = 0) -> TrainState:
+    """A fresh state; `carry_batch` > 0 adds a zero carry for that many streams (stateful)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
     params = jax.jit(model.init)(key, model.init_carry(1), tokens)['params']
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    carry = jax.device_get(model.init_carry(carry_batch)) if carry_batch else ()
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, carry=carry)
+
+
+def to_devices(state: TrainState, layout: data.Layout) -> TrainState:
+    """Host state -> this process's devices: replicated, but each device gets its carry rows."""
+    replicated = jax_utils.replicate(state.replace(carry=()))
+    if not jax.tree.leaves(state.carry):
+        return replicated
+    # The sharding jax_utils.replicate uses, but with each device's own rows.
+    sharding = jax.tree.leaves(replicated.params)[0].sharding
+    carry = jax.tree.map(
+        lambda c: jax.device_put(layout.shard(np.asarray(c)[layout.local_rows]), sharding),
+        state.carry)
+    return replicated.replace(carry=carry)
+
+
+def to_host(state: TrainState) -> TrainState:
+    """Devices -> one host copy, with the global carry gathered from all processes.
+
+    Every process must call it at the same point (it is a collective when stateful).
+    """
+    host = jax.device_get(jax_utils.unreplicate(state.replace(carry=())))
+    if not jax.tree.leaves(state.carry):
+        return host
+    local = jax.tree.map(lambda c: np.asarray(c).reshape(-1, c.shape[-1]),
+                         jax.device_get(state.carry))
+    if jax.process_count() > 1:
+        local = multihost_utils.process_allgather(local, tiled=True)
+    return host.replace(carry=local)
 
 
 # ------------------------------------------------------------------ pure steps
@@ -102,30 +144,39 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, model, axis_na
     key = jax.random.fold_in(key, state.step)
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-    batch_size = batch['inputs'].shape[0]
+    stateful = bool(jax.tree.leaves(state.carry))
+    if stateful:  # truncated BPTT: continue each stream's state unless it restarts
+        keep_Bx1 = 1.0 - batch['reset'][:, None]
+        carry = jax.tree.map(lambda c: c * keep_Bx1, state.carry)
+    else:
+        carry = model.init_carry(batch['inputs'].shape[0])
 
     def loss_fn(params):
-        _, nll_BxT = _nll(model, params, model.init_carry(batch_size), batch, True, key)
-        return nll_BxT.mean(), nll_BxT.sum()
+        new_carry, nll_BxT = _nll(model, params, carry, batch, True, key)
+        return nll_BxT.mean(), (nll_BxT.sum(), new_carry)
 
-    (_, nll_sum), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (nll_sum, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     count = jnp.float32(batch['targets'].size)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)  # before clipping: it sees the global norm
         nll_sum, count = jax.lax.psum((nll_sum, count), axis_name)
     grad_norm = optax.tree.norm(grads)
     state = state.apply_gradients(grads=grads)
+    if stateful:  # the next batch starts from here, without backpropagating into this one
+        state = state.replace(carry=jax.lax.stop_gradient(new_carry))
     return state, {'nll_sum': nll_sum, 'count': count, 'grad_norm': grad_norm}
 
 
-def eval_step(params, batch: dict, *, model, axis_name='batch'):
-    """Summed nll and target count of one [B, T] eval batch (weights mask the padding)."""
-    batch_size = batch['inputs'].shape[0]
-    _, nll_BxT = _nll(model, params, model.init_carry(batch_size), batch, False)
+def eval_step(params, batch: dict, carry=None, *, model, axis_name='batch'):
+    """Summed nll and target count of one [B, T] eval batch (weights mask the padding),
+    and the carry after it; carry=None starts from zeros."""
+    if carry is None:
+        carry = model.init_carry(batch['inputs'].shape[0])
+    carry, nll_BxT = _nll(model, params, carry, batch, False)
     sums = ((nll_BxT * batch['weights']).sum(), batch['weights'].sum())
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
-    return {'nll_sum': sums[0], 'count': sums[1]}
+    return {'nll_sum': sums[0], 'count': sums[1]}, carry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +200,7 @@ def parallel_steps(model) -> ParallelSteps:
 class Corpus:
     tokenizer: Any
     tokens: dict[str, np.ndarray]  # split -> int32 ids
-    chars: dict[str, int]  # split -> characters of text (bits/char for word models)
+    chars: dict[str, int]  # split -> characters predicted (all but the first token's)
 
 
 def load_corpus(config: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
@@ -164,16 +215,35 @@ def load_corpus(config: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
             f'{tokenizer.kind} tokens) than this corpus gives ({built.vocab_size}): use a new '
             '--workdir for a new corpus')
     tokens = {k: built.encode(v) for k, v in splits.items() if v}
+    chars = {k: predicted_chars(built, v) for k, v in splits.items() if v}
     unit = 'characters' if built.kind == 'char' else 'words'
     for name in ('train', 'val'):
         data.check_length(name, tokens.get(name, np.zeros(0)), d.seq_len, unit)
-    return Corpus(built, tokens, {k: len(v) for k, v in splits.items()})
+    return Corpus(built, tokens, chars)
+
+
+def predicted_chars(tokenizer, text: str) -> int:
+    """Characters a model predicts in `text`: all but those of the first token."""
+    return len(text) - len(tokenizer.decode(tokenizer.encode(text)[:1]))
 
 
 def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Layout,
-             chars: int | None = None) -> dict[str, float]:
-    """Exact loss over every target of `tokens`: nats/token, bits/char, perplexity."""
-    totals = [eval_fn(params, b) for b in data.eval_batches(tokens, seq_len, layout)]
+             chars: int | None = None, stateful: bool = False) -> dict[str, float]:
+    """Exact loss over every target of `tokens`: nats/token, bits/char, perplexity.
+
+    stateful=True reads the split as contiguous streams with the carry passed on (how a
+    stateful model is used); otherwise every window starts from a zero state.
+    """
+    totals, carry = [], None
+    if stateful:
+        batches = data.stateful_eval_batches(tokens, seq_len, layout)
+    else:
+        batches = data.eval_batches(tokens, seq_len, layout)
+    for b in batches:
+        out, new_carry = eval_fn(params, b, carry)
+        totals.append(out)
+        if stateful:
+            carry = new_carry
     totals = jax.device_get(totals)
     nll = float(sum(np.asarray(t['nll_sum'], np.float64).reshape(-1)[0] for t in totals))
     count = float(sum(np.asarray(t['count']).reshape(-1)[0] for t in totals))
@@ -205,16 +275,22 @@ def check_workdir(workdir: str, min_free_bytes: int = 50 << 20) -> pathlib.Path:
 
 
 def _model_fields(config) -> dict:
+    """What fixes the parameter shapes (the vocabulary is checked with the tokenizer)."""
     m = config['model'] if isinstance(config, dict) else config.model.to_dict()
-    keys = ('cell', 'embed_dim', 'num_layers', 'hidden_size', 'hidden_sizes')
     sizes = model_lib.hidden_sizes_from(m['num_layers'], m['hidden_size'], m['hidden_sizes'])
-    return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes} | {
-        k: m[k] for k in keys if k in ('cell', 'embed_dim')}
+    return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes}
 
 
 def check_same_model(saved: dict, config: ml_collections.ConfigDict, workdir) -> None:
     old, new = _model_fields(saved), _model_fields(config)
     diff = [f'{k}: {old[k]} in checkpoint, {new[k]} in config' for k in new if old[k] != new[k]]
+    was_stateful = saved['data'].get('stateful', False)
+    if was_stateful != config.data.stateful:
+        diff.append(f'data.stateful: {was_stateful} in checkpoint, {config.data.stateful} in '
+                    'config')
+    elif was_stateful and saved['batch_size'] != config.batch_size:
+        diff.append(f'batch_size (streams of the carried state): {saved["batch_size"]} in '
+                    f'checkpoint, {config.batch_size} in config')
     if diff:
         raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
                           'use a new --workdir, or the checkpoint\'s settings')
@@ -283,7 +359,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
     tx = make_optimizer(config)
-    state = create_state(model, tx, init_key)
+    stateful = config.data.stateful
+    if stateful:
+        data.stream_steps(len(corpus.tokens['train']), config.data.seq_len, config.batch_size)
+    state = create_state(model, tx, init_key, config.batch_size if stateful else 0)
     if resume_step is not None:
         state = ckpts.restore_state(state, resume_step)
         logging.info('Resuming from %s/checkpoints/%d', workdir, resume_step)
@@ -293,11 +372,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=True)
 
     steps = parallel_steps(model)
-    schedule = make_schedule(config)
+    host_schedule = make_schedule(config, np)
     writer = metric_writer.MetricWriter(workdir)
     unit = 'chars' if tok.kind == 'char' else 'tokens'
     step = int(state.step)
-    state = jax_utils.replicate(state)
+    state = to_devices(state, layout)
     progress = metric_writer.Progress(config.num_train_steps, step)
     tokens_per_step = config.batch_size * config.data.seq_len
     meta = {'best_val_loss': math.inf, 'best_step': -1, 'evals_since_best': 0} | meta
@@ -305,8 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     pending, t_last, step_last = [], time.perf_counter(), step
 
     def save(best: bool = False):
-        ckpts.save(step, jax_utils.unreplicate(state), tok.to_json(), config.to_dict(), meta,
-                   best=best)
+        ckpts.save(step, to_host(state), tok.to_json(), config.to_dict(), meta, best=best)
 
     def check_finite(loss, split):
         if not math.isfinite(loss):
@@ -329,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         rate = tokens_per_step * (step - step_last) / (now - t_last)
         scalars = {'train/loss': loss, 'train/bits_per_token': loss / LN2,
                    'train/grad_norm': float(fetched[-1]['grad_norm'][0]),
-                   'train/learning_rate': float(schedule(step - 1)),
+                   'train/learning_rate': float(host_schedule(step - 1)),
                    f'train/{unit}_per_second': rate}
         writer.scalars(step, scalars)
         progress.log(step, loss, rate, unit)
@@ -339,8 +417,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     stop_reason = None
     with _StopRequest() as stop:
         while step < config.num_train_steps:
-            batch = data.train_batch(corpus.tokens['train'], config.data.seq_len, step,
-                                     config.seed, layout)
+            if stateful:
+                batch = data.stateful_train_batch(corpus.tokens['train'], config.data.seq_len,
+                                                  step, layout)
+            else:
+                batch = data.train_batch(corpus.tokens['train'], config.data.seq_len, step,
+                                         config.seed, layout)
             state, metrics = steps.train(state, batch, train_key)
             step += 1
             pending.append(metrics)
@@ -355,7 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if do_eval:
                 t0 = time.perf_counter()
                 val = evaluate(steps.eval, state.params, corpus.tokens['val'],
-                               config.data.seq_len, eval_layout, corpus.chars['val'])
+                               config.data.seq_len, eval_layout, corpus.chars['val'], stateful)
                 check_finite(val['loss'], 'validation')
                 writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity':
                                       val['perplexity'], 'val/bits_per_char':

@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.val_fraction = 0.1  # last 10% of the characters validate (nanoGPT's split)
     d.test_fraction = 0.0  # carved from the very end, after validation; 0 = no test split
     d.seq_len = 100  # tokens per training window (backprop-through-time length)
+    d.stateful = False  # truncated BPTT: batch_size contiguous streams, the carry passed
+    # from each batch to the next (gradients stopped), evaluation carried through the split
 
     c.model = m = ml_collections.ConfigDict()
     m.cell = 'lstm'  # 'lstm' | 'gru' | 'rnn'

@@ -88,3 +88,35 @@ def test_check_length():
     with pytest.raises(CharLMError, match='fewer than one window'):
         data.check_length('val', np.zeros(5, np.int32), seq_len=5)
     data.check_length('val', np.zeros(6, np.int32), seq_len=5)
+
+
+def test_stateful_batches_continue_streams_and_reset_each_epoch():
+    tokens = np.arange(1000, dtype=np.int32)
+    layout = data.Layout(global_batch=4, num_devices=2, local_devices=2)
+    per_epoch = data.stream_steps(1000, 10, 4)  # streams of 250 tokens
+    assert per_epoch == 24
+    b0 = data.stateful_train_batch(tokens, 10, 0, layout)
+    b1 = data.stateful_train_batch(tokens, 10, 1, layout)
+    assert b0['reset'].shape == (2, 2) and b0['reset'].all() and not b1['reset'].any()
+    rows0, rows1 = b0['inputs'].reshape(4, 10), b1['inputs'].reshape(4, 10)
+    np.testing.assert_array_equal(rows0[:, 0], [0, 250, 500, 750])
+    np.testing.assert_array_equal(rows1[:, 0], rows0[:, -1] + 1)  # row r continues row r
+    np.testing.assert_array_equal(b0['targets'], b0['inputs'] + 1)
+    again = data.stateful_train_batch(tokens, 10, per_epoch, layout)
+    np.testing.assert_array_equal(again['inputs'], b0['inputs'])
+    assert again['reset'].all()
+
+
+def test_stateful_eval_batches_cover_every_target_once_in_stream_order():
+    tokens = np.arange(1, 258, dtype=np.int32)
+    layout = data.Layout(global_batch=4, num_devices=2, local_devices=2)
+    batches = list(data.stateful_eval_batches(tokens, 10, layout))
+    targets = np.concatenate([b['targets'][b['weights'] > 0] for b in batches])
+    np.testing.assert_array_equal(np.sort(targets), tokens[1:])
+    first = np.concatenate([b['inputs'].reshape(4, 10) for b in batches], axis=1)
+    assert (np.diff(first[0]) == 1).all()  # one stream is read in order across batches
+
+
+def test_stateful_needs_a_window_per_stream():
+    with pytest.raises(CharLMError, match='streams'):
+        data.stream_steps(100, 10, 16)

@@ -85,7 +85,7 @@ def test_eval_is_exact_and_device_count_independent(tiny_config):
     eval_one = jax.jit(functools.partial(train.eval_step, model=model, axis_name=None))
     nll = count = 0.0
     for b in data.eval_batches(val, 16, data.Layout(3, 1, 1)):
-        out = eval_one(state.params, {k: v[0] for k, v in b.items()})
+        out, _ = eval_one(state.params, {k: v[0] for k, v in b.items()})
         nll += float(out['nll_sum'])
         count += float(out['count'])
     assert count == len(val) - 1 == e4['tokens']
@@ -204,3 +204,63 @@ def test_unwritable_workdir(tiny_config, tmp_path):
 def test_state_is_float32(tiny_config):
     _, _, state = _setup(tiny_config)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+
+
+def test_stateful_training_carries_state_and_resumes_exactly(tiny_config, tmp_path):
+    tiny_config.data.stateful = True
+    tiny_config.model.dropout_rate = 0.1
+    straight = train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=7)
+    pieces = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'))
+    assert pieces['train_loss'] == straight['train_loss']
+    assert pieces['val_loss'] == straight['val_loss']
+    _, saved = _final_params(tmp_path / 'straight')
+    carry = saved['carry']  # the global carry: one row per stream
+    assert np.asarray(jax.tree.leaves(carry)[0]).shape == (tiny_config.batch_size, 16)
+    assert np.abs(np.asarray(jax.tree.leaves(carry)[0])).sum() > 0
+    jax.tree.map(np.testing.assert_array_equal, saved, _final_params(tmp_path / 'pieces')[1])
+
+
+def test_stateful_step_uses_and_stops_gradient_through_the_carry(tiny_config):
+    tiny_config.data.stateful = True
+    corpus, model, _ = _setup(tiny_config)
+    state = train.create_state(model, train.make_optimizer(tiny_config), jax.random.key(0),
+                               carry_batch=tiny_config.batch_size)
+    layout = data.Layout(tiny_config.batch_size, 1, 1)
+    step = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    tokens = corpus.tokens['train']
+    b0 = {k: v[0] for k, v in data.stateful_train_batch(tokens, 16, 0, layout).items()}
+    b1 = {k: v[0] for k, v in data.stateful_train_batch(tokens, 16, 1, layout).items()}
+    s1, _ = step(state, b0, jax.random.key(1))
+    _, with_state = step(s1, b1, jax.random.key(1))
+    _, from_zero = step(s1.replace(carry=state.carry), b1, jax.random.key(1))
+    assert float(with_state['nll_sum']) != float(from_zero['nll_sum'])
+    # A reset row ignores the carried state.
+    _, reset = step(s1, dict(b1, reset=np.ones_like(b1['reset'])), jax.random.key(1))
+    assert float(reset['nll_sum']) == pytest.approx(float(from_zero['nll_sum']), rel=1e-6)
+
+
+def test_stateful_workdir_refuses_a_stateless_config(tiny_config, tmp_path):
+    tiny_config.data.stateful = True
+    tiny_config.num_train_steps = 5
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    tiny_config.data.stateful = False
+    with pytest.raises(CharLMError, match='data.stateful'):
+        train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+
+
+def test_schedule_warmup_cosine_and_host_copy(tiny_config):
+    import optax
+    tiny_config.num_train_steps, tiny_config.warmup_steps = 100, 10
+    tiny_config.learning_rate, tiny_config.end_lr_fraction = 1e-2, 0.1
+    sched, host = train.make_schedule(tiny_config), train.make_schedule(tiny_config, np)
+    ref = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 100, 1e-3)
+    for step in (0, 5, 9, 10, 50, 98, 99):
+        assert float(sched(step)) == pytest.approx(float(ref(step + 1)), rel=1e-5)
+        assert float(host(step)) == pytest.approx(float(sched(step)), rel=1e-5)
+    assert float(sched(0)) > 0 and float(sched(99)) == pytest.approx(1e-3)
+
+
+def test_bits_per_char_counts_predicted_characters(tiny_config):
+    corpus, _, _ = _setup(tiny_config)
+    assert corpus.chars['val'] == len(corpus.tokens['val']) - 1  # char model: every target
