@@ -1,4 +1,4 @@
-"""Samples text from a trained model; the workdir is only read.
+r"""Samples text from a trained model; the workdir is only read.
 
   python -m charlm.sample --workdir=runs/shakespeare --prompt="ROMEO:" --length=500 \
       --temperature=0.8 --top_k=20 --top_p=0.95 --num_samples=3 --seed=0
