@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -81,6 +82,7 @@ class Checkpoints:
         if step is None:
             raise CharLMError(f'no checkpoint in {mngr.directory}')
         abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), target)
+        _ignore_late_reads()
         try:
             out = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract)))
@@ -116,3 +118,25 @@ def has_checkpoint(workdir: str) -> bool:
     """True if WORKDIR/checkpoints holds a completed save (no managers are created)."""
     d = pathlib.Path(workdir) / 'checkpoints'
     return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def _ignore_late_reads() -> None:
+    """Drops the errors of reads still in flight when a failed restore closes orbax's loop.
+
+    Without this, a damaged checkpoint's one-line error comes, at random, with tracebacks
+    ('Event loop is closed') that tensorstore's threads print.
+    """
+    if getattr(sys.excepthook, '_charlm', False):
+        return
+
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def hook(t, e, tb):
+        return None if closed_loop(e) else excepthook(t, e, tb)
+
+    hook._charlm = True
+    sys.excepthook = hook
+    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else unraisablehook(u)

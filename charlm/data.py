@@ -243,7 +243,8 @@ def stateful_eval_batches(tokens: np.ndarray, seq_len: int, layout: Layout
     """
     n_targets = len(tokens) - 1
     n = layout.global_batch
-    windows = -(-(-(-n_targets // n)) // seq_len)  # per stream
+    per_stream = -(-n_targets // n)  # ceil
+    windows = -(-per_stream // seq_len)
     stream_len = windows * seq_len
     padded = np.zeros(n * stream_len + 1, dtype=np.int32)
     padded[:len(tokens)] = tokens

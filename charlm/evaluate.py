@@ -100,20 +100,12 @@ def restore(run: Run | str, step: int | None = None) -> Restored:
         run = read_run(run, step)
     try:
         model = train.make_model(run.config, run.tokenizer.vocab_size)
-        tx = train.make_optimizer(run.config)
     except (AttributeError, KeyError) as e:
         raise CharLMError(f'the checkpoint config in {run.workdir} lacks a field this charlm '
                           f'needs ({e}): it was written by another version') from None
-    # The state's shapes without computing it: tracing only, no compilation.
-    abstract = jax.eval_shape(lambda: train.create_state(model, tx, jax.random.key(0)))
-    state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
-    ckpts = checkpointing.Checkpoints(str(pathlib.Path(run.workdir).expanduser()),
-                                      create=False)
-    try:
-        state = ckpts.restore_state(state, run.step, best=run.which == 'best')
-    finally:
-        close(ckpts)
-    return Restored(**vars(run), model=model, params=state.params)
+    params = train.restore_params(str(pathlib.Path(run.workdir).expanduser()), run.config,
+                                  model, run.step, run.which == 'best')
+    return Restored(**vars(run), model=model, params=params)
 
 
 def check_text(tokenizer: tokenizers.Tokenizer, text: str) -> None:

@@ -37,7 +37,8 @@ class _DenseParams(nn.Module):
     @nn.compact
     def __call__(self, in_features: int):
         kernel = self.param('kernel', self.kernel_init, (in_features, self.features))
-        bias = self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        bias = (self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias
+                else None)
         return kernel, bias
 
 

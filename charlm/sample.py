@@ -21,7 +21,6 @@ from typing import TextIO
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
 
 from charlm import checkpointing, cli, sampler, tokenizers, train
@@ -83,20 +82,9 @@ class Saved:
 
     def params(self):
         """The parameters, on this machine's default device whatever it was trained on."""
-        tx = train.make_optimizer(self.config)
-        data = self.config.get('data', {})
-        # A stateful run saves its training carry too: the target needs its shape.
-        carry = {'carry_batch': self.config.batch_size} if data.get('stateful', False) else {}
-        shapes = jax.eval_shape(
-            lambda: train.create_state(self.model, tx, jax.random.key(0), **carry))
-        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-        ckpts = checkpointing.Checkpoints(str(self.workdir), create=False)
-        try:
-            _ignore_late_reads()
-            state = ckpts.restore_state(target, self.step, best=self.best)
-        finally:
-            ckpts.close()
-        return jax.device_put(state.params)
+        params = train.restore_params(str(self.workdir), self.config, self.model, self.step,
+                                      self.best)
+        return jax.device_put(params)
 
 
 def find(workdir: str, step: int | None = None) -> Saved:
@@ -133,20 +121,6 @@ def find(workdir: str, step: int | None = None) -> Saved:
                           f'damaged or from another charlm version ({type(e).__name__}: {e})'
                           ) from None
     return Saved(path, step, best, tokenizer, config, model, saved.get('meta') or {})
-
-
-def _ignore_late_reads() -> None:
-    """Drops the errors of reads still in flight when a failed restore closes orbax's loop.
-
-    Without this, a damaged checkpoint's one-line error comes, at random, with tracebacks
-    ('Event loop is closed') that tensorstore's threads print.
-    """
-    def closed_loop(exc) -> bool:
-        return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
-
-    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-    sys.excepthook = lambda t, e, tb: None if closed_loop(e) else excepthook(t, e, tb)
-    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else unraisablehook(u)
 
 
 def header(i: int, n: int, temperature: float, seed: int) -> str:

@@ -24,10 +24,11 @@ import numpy as np
 import optax
 from absl import logging
 from flax import jax_utils
-from jax.experimental import multihost_utils
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
-from charlm import checkpointing, data, metric_writer, model as model_lib, tokenizers
+from charlm import checkpointing, data, metric_writer, tokenizers
+from charlm import model as model_lib
 from charlm.errors import CharLMError
 
 LN2 = math.log(2.0)
@@ -121,6 +122,23 @@ def to_host(state: TrainState) -> TrainState:
     if jax.process_count() > 1:
         local = multihost_utils.process_allgather(local, tiled=True)
     return host.replace(carry=local)
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
+                   best: bool = False):
+    """The parameters saved at `step` (host arrays, whatever device count trained them).
+
+    The target's shapes come from tracing create_state, with no compilation.
+    """
+    carry = config.batch_size if config.data.get('stateful', False) else 0
+    shapes = jax.eval_shape(
+        lambda: create_state(model, make_optimizer(config), jax.random.key(0), carry))
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    ckpts = checkpointing.Checkpoints(workdir, create=False)
+    try:
+        return ckpts.restore_state(target, step, best=best).params
+    finally:
+        ckpts.close()
 
 
 # ------------------------------------------------------------------ pure steps
