@@ -24,6 +24,21 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def compilation_cache() -> None:
+    """JAX's persistent compilation cache, so a resumed or repeated run skips compiling.
+
+    CHARLM_COMPILATION_CACHE names the folder (default ~/.cache/charlm/jax); '' turns it off.
+    """
+    import os
+
+    import jax
+
+    path = os.environ.get('CHARLM_COMPILATION_CACHE',
+                          os.path.join(os.path.expanduser('~'), '.cache', 'charlm', 'jax'))
+    if path:
+        jax.config.update('jax_compilation_cache_dir', path)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with a bad flag, config file or config key as one line, exit 2.
 
@@ -45,6 +60,7 @@ def one_line_errors(main):
     @functools.wraps(main)
     def wrapped(argv):
         quiet_libraries()
+        compilation_cache()
         try:
             return main(argv)
         except CharLMError as e:

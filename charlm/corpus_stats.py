@@ -20,7 +20,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from charlm import cli, data, tokenizers
+from charlm import cli, data, plot, tokenizers
 from charlm.errors import CharLMError
 
 VISIBLE = {' ': '␣', '\n': '⏎', '\t': '⇥', '\r': '␍'}
@@ -113,11 +113,7 @@ def draw(stats: dict[str, Any], out: str) -> str:
     ax.set_title(f'{len(top)} most frequent {unit} of {name} ({stats["tokens"]:,} in all; '
                  f'{legend})', fontsize=11)
     ax.grid(axis='y', alpha=0.3)
-    fig.tight_layout()
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return plot.save_figure(fig, out)
 
 
 # ------------------------------------------------------------------ command line

@@ -27,6 +27,48 @@ Carry = tuple[Any, ...]  # one entry per layer
 GATES = ('i', 'f', 'g', 'o')  # OptimizedLSTMCell's order: input, forget, candidate, output
 
 
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 pseudo-random bits of `shape`: a hash of each element's index, seeded by `key`.
+
+    One threefry call makes two seed words; the rest is integer arithmetic that XLA fuses
+    into its consumer, so a dropout mask costs one pass instead of a threefry per element
+    (which was a large share of a CPU training step).
+    """
+    s0, s1 = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride *= shape[axis]
+    return _fmix32(_fmix32(index + s0) ^ s1)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout's behaviour (inverted scaling, the 'dropout' rng) with hashed_bits masks."""
+
+    rate: float
+    deterministic: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        threshold = jnp.uint32(min(int(self.rate * 2**32), 2**32 - 1))
+        keep = hashed_bits(self.make_rng('dropout'), x.shape) >= threshold
+        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
 class _DenseParams(nn.Module):
     """A kernel (and bias) under the same names nn.LSTMCell's Dense submodules use."""
 
@@ -203,10 +245,10 @@ class RecurrentLM(nn.Module):
         new_carry = []
         for i in range(len(self.hidden_sizes)):
             if i > 0:
-                x_BxTxE = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
+                x_BxTxE = Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
             c, x_BxTxE = self.layer(i)(carry[i], x_BxTxE)
             new_carry.append(c)
-        x_BxTxE = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
+        x_BxTxE = Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
         logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x_BxTxE)
         return tuple(new_carry), logits_BxTxV.astype(jnp.float32)
 

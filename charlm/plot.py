@@ -69,6 +69,13 @@ def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
     ax_v.tick_params(labelleft=True)
     if title:
         fig.suptitle(title, fontsize=12)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str) -> str:
+    """Lays out, writes (making the folder) and closes a figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

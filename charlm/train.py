@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import pathlib
@@ -502,10 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _write_samples(config, model, params, tok, key, step, writer) -> None:
     """A few fixed-prompt, fixed-seed samples to TensorBoard and the console."""
-    try:
-        from charlm import sampler
-    except ImportError:
-        return
+    from charlm import sampler  # here: the sampler is only needed at eval steps
+
     s = config.sample
     if not s.prompts or s.length <= 0:
         return
@@ -521,7 +518,3 @@ def _write_samples(config, model, params, tok, key, step, writer) -> None:
     if jax.process_index() == 0:
         for text in texts.values():
             logging.info('sample at step %d:\n%s\n%s', step, text, '-' * 40)
-
-
-def config_json(config: ml_collections.ConfigDict) -> str:
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

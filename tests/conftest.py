@@ -4,6 +4,9 @@ XLA_FLAGS must be set before jax is imported anywhere, hence here and not in a f
 """
 
 import os
+import pathlib
+import subprocess
+import sys
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_force_host_platform_device_count=4').strip()
@@ -48,3 +51,22 @@ def tiny_config(corpus_file, tmp_path):
     config.data.path = corpus_file
     config.data.cache_dir = str(tmp_path / 'cache')
     return config
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, devices=1, timeout=300) -> subprocess.CompletedProcess:
+    """`python -m ARGS` from the repository root, as a user runs it, on `devices` CPUs."""
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+               JAX_PLATFORMS='cpu')
+    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, match: str) -> None:
+    """Exit code 2, no traceback, one `charlm: error:` line containing `match`."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
+    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]

@@ -6,36 +6,15 @@ test that a word model trains; compare_test.py checks the same for char models.
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-
-from charlm.tokenizers import WordTokenizer
-from conftest import SHAKESPEARE_LIKE
+from conftest import SHAKESPEARE_LIKE, assert_one_line_error, run_cli
 
 from charlm import checkpointing, evaluate, metric_writer, tokenizers, train
 from charlm.errors import CharLMError
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def run(*args, timeout=120):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-               JAX_PLATFORMS='cpu')
-    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=timeout)
-
-
-def assert_one_line_error(proc, match):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert 'Traceback' not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
-    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
+from charlm.tokenizers import WordTokenizer
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +74,7 @@ def test_restored_word_model_has_the_per_layer_shapes(trained):
 
 def test_command_line_json_on_one_device(trained):
     workdir, logged = trained
-    proc = run('charlm.evaluate', f'--workdir={workdir}', '--step=10', '--json')
+    proc = run_cli('charlm.evaluate', f'--workdir={workdir}', '--step=10', '--json')
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
     assert r['step'] == 10 and r['tokenizer'] == 'word' and r['checkpoint'] == 'latest'
@@ -139,11 +118,11 @@ def _char_checkpoint(workdir, config):
 def test_bad_input_is_one_line(tiny_config, tmp_path, what):
     if what == 'no_checkpoint':
         (tmp_path / 'empty').mkdir()
-        proc = run('charlm.evaluate', f'--workdir={tmp_path}/empty')
+        proc = run_cli('charlm.evaluate', f'--workdir={tmp_path}/empty')
         assert_one_line_error(proc, 'no checkpoint in')
     else:
         _char_checkpoint(tmp_path / 'chars', tiny_config)
         text = tmp_path / 'euro.txt'
         text.write_text('First Citizen: 5 €\n', encoding='utf-8')
-        proc = run('charlm.evaluate', f'--workdir={tmp_path}/chars', f'--text_file={text}')
+        proc = run_cli('charlm.evaluate', f'--workdir={tmp_path}/chars', f'--text_file={text}')
         assert_one_line_error(proc, "never saw in training: '5', '€'")

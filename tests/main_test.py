@@ -1,29 +1,10 @@
 """The command line as a user runs it: real processes, real exit codes."""
 
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from charlm import checkpointing, train
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def run(*args, devices=1, timeout=300):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
-    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=timeout)
-
-
-def assert_one_line_error(proc, match):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert 'Traceback' not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
-    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize('args,match', [
@@ -33,12 +14,12 @@ def assert_one_line_error(proc, match):
     (['--config.model.cell=transformer'], 'unknown model.cell'),
 ])
 def test_bad_input_is_one_line(tmp_path, args, match):
-    proc = run('charlm.main', '--config=configs/tiny.py', f'--workdir={tmp_path}/w', *args)
+    proc = run_cli('charlm.main', '--config=configs/tiny.py', f'--workdir={tmp_path}/w', *args)
     assert_one_line_error(proc, match)
 
 
 def test_missing_config_file(tmp_path):
-    proc = run('charlm.main', '--config=configs/nope.py', f'--workdir={tmp_path}/w')
+    proc = run_cli('charlm.main', '--config=configs/nope.py', f'--workdir={tmp_path}/w')
     assert_one_line_error(proc, 'nope.py')
 
 
@@ -46,7 +27,7 @@ def test_checkpoint_from_four_devices_resumes_on_one(tiny_config, tmp_path):
     workdir = tmp_path / 'run'
     tiny_config.num_train_steps = 20
     train.train_and_evaluate(tiny_config, str(workdir), stop_at=10)  # 4 fake devices
-    proc = run('charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+    proc = run_cli('charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
                f'--config.data.path={tiny_config.data.path}', devices=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Resuming from' in proc.stderr and '1 local devices' in proc.stderr

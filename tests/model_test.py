@@ -114,3 +114,21 @@ def test_bfloat16_matmuls_keep_float32_state():
     np.testing.assert_allclose(logits, ref_logits, atol=0.05)
     grads = jax.grad(_loss, argnums=1)(m, params, m.init_carry(3), tokens)
     assert all(x.dtype == jnp.float32 and np.isfinite(x).all() for x in jax.tree.leaves(grads))
+
+
+def test_dropout_masks_are_bernoulli_and_fresh_per_key():
+    x = jnp.ones((8, 100, 256))
+    drop = model_lib.Dropout(0.1)
+    masks = [np.asarray(drop.apply({}, x, rngs={'dropout': jax.random.key(k)})) for k in (0, 1)]
+    keep = masks[0] > 0
+    assert abs(keep.mean() - 0.9) < 0.003  # 204,800 draws: 5 standard deviations
+    np.testing.assert_allclose(masks[0][keep], 1 / 0.9, rtol=1e-6)  # inverted scaling
+    assert abs(masks[0].mean() - 1.0) < 0.01
+    both = keep & (masks[1] > 0)
+    assert abs(both.mean() - 0.81) < 0.005  # independent across keys
+    flat = keep.reshape(-1).astype(np.float64)
+    for lag in (1, 256, 25600):  # neighbours in every axis are uncorrelated
+        assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 0.01
+    same = drop.apply({}, x, rngs={'dropout': jax.random.key(0)})
+    np.testing.assert_array_equal(same, masks[0])
+    np.testing.assert_array_equal(model_lib.Dropout(0.1, deterministic=True).apply({}, x), x)

@@ -3,38 +3,19 @@
 A word model trains (16 -> 12 LSTM stack) in evaluate_test.py, which scores it.
 """
 
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from charlm import tokenizers, train
 from charlm.errors import CharLMError
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\n'
         'All:\nSpeak, speak.\n\n'
         'MENENIUS:\nI\'ll tell you: \'tis o\'er-hasty (he said "no") and the lovers\' eyes\n'
         'weep 42 times!\n')
-
-
-def run(*args, timeout=120):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-               JAX_PLATFORMS='cpu')
-    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=timeout)
-
-
-def assert_one_line_error(proc, match):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert 'Traceback' not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
-    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
 
 
 def test_round_trip_and_interface():
@@ -79,7 +60,7 @@ def test_empty_vocabulary_is_an_error():
      'has 2 entries but model.num_layers=3'),
 ])
 def test_bad_word_or_size_config_is_one_line(corpus_file, tmp_path, args, match):
-    proc = run('charlm.main', '--config=configs/tiny.py', f'--workdir={tmp_path}/w',
+    proc = run_cli('charlm.main', '--config=configs/tiny.py', f'--workdir={tmp_path}/w',
                f'--config.data.path={corpus_file}', *args)
     assert_one_line_error(proc, match)
 
