@@ -93,8 +93,12 @@ def _mm(spec: str, a, b):
     return jnp.einsum(spec, a, b).astype(jnp.float32)
 
 
-def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll):
-    """The recurrence; returns (c_T, h_T), h_TxBxH and what the backward pass needs."""
+def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll, residuals=True):
+    """The recurrence; returns (c_T, h_T), h_TxBxH and (if asked) what the backward needs.
+
+    Without residuals the loop writes only h_t: a forward-only pass (evaluation, sampling)
+    does not pay for storing every step's gates.
+    """
     def step(carry, xw_Bx4H):
         c, h = carry
         z = xw_Bx4H + _mm('bh,hg->bg', h, w_h)
@@ -102,7 +106,13 @@ def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll):
         i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
         c = f * c + i * g
         h = o * jnp.tanh(c)
+        if not residuals:
+            return (c, h), h
         return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+
+    if not residuals:
+        carry, h_TxBxH = jax.lax.scan(step, (c0_BxH, h0_BxH), xw_TxBx4H, unroll=unroll)
+        return carry, h_TxBxH, None
 
     (c, h), (h_TxBxH, c_TxBxH, gates_TxBx4H) = jax.lax.scan(
         step, (c0_BxH, h0_BxH), xw_TxBx4H, unroll=unroll)
@@ -117,7 +127,7 @@ def lstm_recurrence(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll=1):
     computes dW_h = sum_t h_{t-1}^T dz_t as one matmul afterwards, instead of JAX's
     default of accumulating the [H, 4H] weight gradient at every time step.
     """
-    carry, h_TxBxH, _ = _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll)
+    carry, h_TxBxH, _ = _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll, residuals=False)
     return carry, h_TxBxH
 
 
@@ -181,7 +191,12 @@ class HoistedLSTM(nn.Module):
         w_i = jnp.concatenate(wi, axis=-1).astype(self.dtype)  # [E, 4H]
         w_h = jnp.concatenate([k for k, _ in wh], axis=-1).astype(self.dtype)  # [H, 4H]
         b = jnp.concatenate([b for _, b in wh], axis=-1)  # [4H]
-        xw_TxBx4H = _mm('bte,eg->tbg', x_BxTxE, w_i) + b[None, None]
+        # Transpose, then one 2-D matmul: XLA:CPU ran the equivalent 'bte,eg->tbg' einsum 4x
+        # slower (43 ms vs 10 ms for 64 x 100 x 256 -> 1024).
+        x_TxBxE = jnp.swapaxes(x_BxTxE, 0, 1)
+        t, b_, e = x_TxBxE.shape
+        xw_TxBx4H = (_mm('ne,eg->ng', x_TxBxE.reshape(t * b_, e), w_i).reshape(t, b_, -1)
+                     + b[None, None])
         carry, h_TxBxH = lstm_recurrence(w_h, xw_TxBx4H, c_BxH, h_BxH, self.unroll)
         return carry, jnp.swapaxes(h_TxBxH, 0, 1)
 
