@@ -358,8 +358,6 @@ flags.mark_flags_as_required(['config'])
 
 @cli.one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     try:
         streams = tuple(int(s) for s in FLAGS.sample_streams)
     except ValueError:

@@ -55,12 +55,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
-def one_line_errors(main):
-    """Runs an absl main; a CharLMError becomes `charlm: error: ...` and exit code 2."""
+def one_line_errors(main=None, *, positional: bool = False):
+    """Runs an absl main; a CharLMError becomes `charlm: error: ...` and exit code 2.
+
+    Commands take flags only, unless `positional=True` (then main reads argv[1:]).
+    """
+    if main is None:
+        return functools.partial(one_line_errors, positional=positional)
+
     @functools.wraps(main)
     def wrapped(argv):
         quiet_libraries()
         compilation_cache()
+        if len(argv) > 1 and not positional:
+            fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are written --name=value)')
         try:
             return main(argv)
         except CharLMError as e:

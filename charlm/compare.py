@@ -147,8 +147,6 @@ def define_flags() -> None:
 
 @cli.one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     compare(FLAGS.config, FLAGS.cells, FLAGS.out, FLAGS.steps)
     out = pathlib.Path(FLAGS.out)
     print((out / 'compare.md').read_text(encoding='utf-8'))

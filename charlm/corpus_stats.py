@@ -132,8 +132,6 @@ def define_flags() -> None:
 
 @cli.one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     if FLAGS.top <= 0:
         raise CharLMError(f'--top={FLAGS.top}: need at least 1')
     stats = corpus_stats(FLAGS.config, FLAGS.top)

@@ -226,8 +226,6 @@ def define_flags() -> None:
 
 @cli.one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step)
     if FLAGS.json:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)

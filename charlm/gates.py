@@ -233,8 +233,6 @@ def define_flags() -> None:
 
 @cli.one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     if FLAGS.text_file:
         from charlm import data
         text = data.load_text(FLAGS.text_file)

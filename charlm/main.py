@@ -26,8 +26,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 @cli.one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     distributed.initialize(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.init_timeout)  # before any device is used
     logging.info('JAX %s: process %d of %d, %d local devices (%s), %d in all', jax.__version__,

@@ -196,8 +196,6 @@ class Tee:
 
 @cli.one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     temps = parse_temperatures(FLAGS.temperature)
     output = None
     if FLAGS.output:

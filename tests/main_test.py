@@ -12,6 +12,7 @@ from charlm import checkpointing, train
     (['--config.model.hidden_size=abc'], 'hidden_size=abc'),
     (['--config.data.path=/no/such/file.txt'], 'corpus file not found'),
     (['--config.model.cell=transformer'], 'unknown model.cell'),
+    (['stray'], 'unexpected arguments: stray'),
 ])
 def test_bad_input_is_one_line(tmp_path, args, match):
     proc = run_cli('charlm.main', '--config=configs/tiny.py', f'--workdir={tmp_path}/w', *args)
