@@ -364,28 +364,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         jax.device_count(), jax.local_device_count(), jax.process_index())
 
     ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=False)
-    resume_step = ckpts.latest_step()
-    saved_tokenizer, meta = None, {}
-    if resume_step is not None:
-        saved = ckpts.read_json(resume_step)
-        check_same_model(saved['config'], config, workdir)
-        saved_tokenizer, meta = tokenizers.from_json(saved['tokenizer']), saved['meta']
-    corpus = load_corpus(config, saved_tokenizer)
-    tok = corpus.tokenizer
-    model = make_model(config, tok.vocab_size)
+    try:  # closed on every path: an error here must not race orbax threads at exit
+        resume_step = ckpts.latest_step()
+        saved_tokenizer, meta = None, {}
+        if resume_step is not None:
+            saved = ckpts.read_json(resume_step)
+            check_same_model(saved['config'], config, workdir)
+            saved_tokenizer, meta = tokenizers.from_json(saved['tokenizer']), saved['meta']
+        corpus = load_corpus(config, saved_tokenizer)
+        tok = corpus.tokenizer
+        model = make_model(config, tok.vocab_size)
 
-    init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
-    tx = make_optimizer(config)
-    stateful = config.data.stateful
-    if stateful:
-        data.stream_steps(len(corpus.tokens['train']), config.data.seq_len, config.batch_size)
-    state = create_state(model, tx, init_key, config.batch_size if stateful else 0)
-    if resume_step is not None:
-        state = ckpts.restore_state(state, resume_step)
-        logging.info('Resuming from %s/checkpoints/%d', workdir, resume_step)
-    if is_main:
-        logging.info('Model:\n%s', model_lib.summary(model, state.params))
-    ckpts.close()
+        init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+        tx = make_optimizer(config)
+        stateful = config.data.stateful
+        if stateful:
+            data.stream_steps(len(corpus.tokens['train']), config.data.seq_len, config.batch_size)
+        state = create_state(model, tx, init_key, config.batch_size if stateful else 0)
+        if resume_step is not None:
+            state = ckpts.restore_state(state, resume_step)
+            logging.info('Resuming from %s/checkpoints/%d', workdir, resume_step)
+        if is_main:
+            logging.info('Model:\n%s', model_lib.summary(model, state.params))
+    finally:
+        ckpts.close()
     ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=True)
 
     steps = parallel_steps(model)
@@ -432,66 +434,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         pending, t_last, step_last = [], now, step
 
     stop_reason = None
-    with _StopRequest() as stop:
-        while step < config.num_train_steps:
-            if stateful:
-                batch = data.stateful_train_batch(corpus.tokens['train'], config.data.seq_len,
-                                                  step, layout)
-            else:
-                batch = data.train_batch(corpus.tokens['train'], config.data.seq_len, step,
-                                         config.seed, layout)
-            state, metrics = steps.train(state, batch, train_key)
-            step += 1
-            pending.append(metrics)
-            at_end = step == config.num_train_steps
-            do_eval = step % config.eval_every_steps == 0 or at_end
-            do_save = step % config.checkpoint_every_steps == 0 or at_end
-            do_log = step % config.log_every_steps == 0 or do_eval or do_save
-            stopping = stop.agreed(do_log) or (stop_at is not None and step >= stop_at
-                                               and not at_end)
-            if do_log or stopping:
-                flush_metrics()  # also the NaN check before anything is saved
-            if do_eval:
-                t0 = time.perf_counter()
-                val = evaluate(steps.eval, state.params, corpus.tokens['val'],
-                               config.data.seq_len, eval_layout, corpus.chars['val'], stateful)
-                check_finite(val['loss'], 'validation')
-                writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity':
-                                      val['perplexity'], 'val/bits_per_char':
-                                      val['bits_per_char']})
-                if is_main:
-                    logging.info('eval at step %d: val loss %.4f nats/%s, %.4f bits/char, '
-                                 'perplexity %.2f (%.1fs)', step, val['loss'], unit[:-1],
-                                 val['bits_per_char'], val['perplexity'],
-                                 time.perf_counter() - t0)
-                last.update(val_loss=val['loss'], val_bits_per_char=val['bits_per_char'],
-                            val_perplexity=val['perplexity'])
-                if is_main:
-                    _write_samples(config, model, state.params, tok, sample_key, step, writer)
-                if val['loss'] < meta['best_val_loss']:
-                    meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
-                    save(best=True)
+    try:  # pending saves finish and orbax closes even on an error (divergence)
+        with _StopRequest() as stop:
+            while step < config.num_train_steps:
+                if stateful:
+                    batch = data.stateful_train_batch(corpus.tokens['train'], config.data.seq_len,
+                                                      step, layout)
                 else:
-                    meta['evals_since_best'] += 1
-                patience = config.early_stopping_patience
-                if patience and meta['evals_since_best'] >= patience:
-                    stop_reason = (f'early stopping: no improvement in {patience} evals; best '
-                                   f'val loss {meta["best_val_loss"]:.4f} at step '
-                                   f'{meta["best_step"]}')
-                    do_save = True
-            if stopping:
-                why = stop.signal or (f'stop_at={stop_at}' if step == stop_at else 'a signal to '
-                                      'another process')
-                stop_reason = (f'stopped by {why} at step {step}; checkpoint saved: run '
-                               'the same command to resume')
-            if do_save or stop_reason:
-                save()
-                writer.flush()
-            if stop_reason:
-                break
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
+                    batch = data.train_batch(corpus.tokens['train'], config.data.seq_len, step,
+                                             config.seed, layout)
+                state, metrics = steps.train(state, batch, train_key)
+                step += 1
+                pending.append(metrics)
+                at_end = step == config.num_train_steps
+                do_eval = step % config.eval_every_steps == 0 or at_end
+                do_save = step % config.checkpoint_every_steps == 0 or at_end
+                do_log = step % config.log_every_steps == 0 or do_eval or do_save
+                stopping = stop.agreed(do_log) or (stop_at is not None and step >= stop_at
+                                                   and not at_end)
+                if do_log or stopping:
+                    flush_metrics()  # also the NaN check before anything is saved
+                if do_eval:
+                    t0 = time.perf_counter()
+                    val = evaluate(steps.eval, state.params, corpus.tokens['val'],
+                                   config.data.seq_len, eval_layout, corpus.chars['val'], stateful)
+                    check_finite(val['loss'], 'validation')
+                    writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity':
+                                          val['perplexity'], 'val/bits_per_char':
+                                          val['bits_per_char']})
+                    if is_main:
+                        logging.info('eval at step %d: val loss %.4f nats/%s, %.4f bits/char, '
+                                     'perplexity %.2f (%.1fs)', step, val['loss'], unit[:-1],
+                                     val['bits_per_char'], val['perplexity'],
+                                     time.perf_counter() - t0)
+                    last.update(val_loss=val['loss'], val_bits_per_char=val['bits_per_char'],
+                                val_perplexity=val['perplexity'])
+                    if is_main:
+                        _write_samples(config, model, state.params, tok, sample_key, step, writer)
+                    if val['loss'] < meta['best_val_loss']:
+                        meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
+                        save(best=True)
+                    else:
+                        meta['evals_since_best'] += 1
+                    patience = config.early_stopping_patience
+                    if patience and meta['evals_since_best'] >= patience:
+                        stop_reason = (f'early stopping: no improvement in {patience} evals; best '
+                                       f'val loss {meta["best_val_loss"]:.4f} at step '
+                                       f'{meta["best_step"]}')
+                        do_save = True
+                if stopping:
+                    why = stop.signal or (f'stop_at={stop_at}' if step == stop_at
+                                          else 'a signal to another process')
+                    stop_reason = (f'stopped by {why} at step {step}; checkpoint saved: run '
+                                   'the same command to resume')
+                if do_save or stop_reason:
+                    save()
+                    writer.flush()
+                if stop_reason:
+                    break
+    finally:
+        ckpts.wait()
+        ckpts.close()
+        writer.close()
     if stop_reason and is_main:
         logging.info('%s', stop_reason)
     last.update(best_val_loss=meta['best_val_loss'], best_step=meta['best_step'],
