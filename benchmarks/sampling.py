@@ -161,6 +161,8 @@ def main():
     if args.torch_worker:
         return torch_worker()
 
+    from charlm import cli
+    cli.host_allocator()  # as every charlm command does, before JAX starts
     torch = None
     if not args.no_torch:
         try:
