@@ -157,6 +157,9 @@ def _lstm_bwd(unroll, res, cotangents):
     w_h, c0, h0, h_TxBxH, c_TxBxH, gates_TxBx4H = res
     (dc_T, dh_T), dh_out_TxBxH = cotangents
     c_prev_TxBxH = jnp.concatenate([c0[None], c_TxBxH[:-1]], axis=0)
+    # W_h^T as a [4H, H] array of its own, made once: XLA:CPU's dot over W_h's rows
+    # (dz @ W_h^T in place) ran 1.5x slower per step than a plain dot with the transpose.
+    w_hT = jax.lax.optimization_barrier(w_h.T)
 
     def step(carry, xs):
         dc_next, dh_next = carry
@@ -169,7 +172,7 @@ def _lstm_bwd(unroll, res, cotangents):
         m_g = _gate_masks(gates.shape[-1], gates.dtype)[2]
         slope = (1 - m_g) * gates * (1 - gates) + m_g * (1 - gates * gates)
         dz = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1) * slope
-        dh_prev = _mm('bg,hg->bh', dz, w_h)
+        dh_prev = _mm('bg,gh->bh', dz, w_hT)
         return (dc * f, dh_prev), dz
 
     (dc0, dh0), dz_TxBx4H = jax.lax.scan(
