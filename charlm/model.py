@@ -93,9 +93,9 @@ def _mm(spec: str, a, b):
     return jnp.einsum(spec, a, b).astype(jnp.float32)
 
 
-def _gate_masks(h4: int, dtype) -> jax.Array:
-    """[4, 1, 4H]: one row per gate (i, f, g, o), 1 on that gate's columns, 0 elsewhere."""
-    return jnp.asarray(np.repeat(np.eye(4, dtype=np.float32), h4 // 4, axis=1)[:, None], dtype)
+def _g_columns(h4: int, dtype) -> jax.Array:
+    """[1, 4H]: 1 on the columns of the candidate gate g (tanh), 0 on i, f, o (sigmoid)."""
+    return jnp.asarray(np.repeat(np.array([[0, 0, 1, 0]], np.float32), h4 // 4, axis=1), dtype)
 
 
 def _activate(z_Bx4H: jax.Array) -> jax.Array:
@@ -105,7 +105,7 @@ def _activate(z_Bx4H: jax.Array) -> jax.Array:
     per-column constants: one kernel over the four gates (not four slices and a
     concatenate), which is what the time loop pays for on a CPU, a kernel per op per step.
     """
-    is_g = _gate_masks(z_Bx4H.shape[-1], z_Bx4H.dtype)[2]
+    is_g = _g_columns(z_Bx4H.shape[-1], z_Bx4H.dtype)
     scale = 0.5 + 0.5 * is_g
     return scale * jnp.tanh(scale * z_Bx4H) + (0.5 - 0.5 * is_g)
 
@@ -169,7 +169,7 @@ def _lstm_bwd(unroll, res, cotangents):
         tanh_c = jnp.tanh(c)
         dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
         # The four slopes in one pass: sigmoid' = a (1 - a) on i, f, o; tanh' = 1 - a^2 on g.
-        m_g = _gate_masks(gates.shape[-1], gates.dtype)[2]
+        m_g = _g_columns(gates.shape[-1], gates.dtype)
         slope = (1 - m_g) * gates * (1 - gates) + m_g * (1 - gates * gates)
         dz = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1) * slope
         dh_prev = _mm('bg,gh->bh', dz, w_hT)
