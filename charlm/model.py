@@ -289,6 +289,76 @@ class RecurrentLM(nn.Module):
         return tuple(new_carry), logits_BxTxV.astype(jnp.float32)
 
 
+# One token at a time, for generation. A sampler steps every layer once per token, so a
+# step is a few matrix-vector products; these functions lay the weights out for them.
+
+def step_weights(model: RecurrentLM, params) -> dict:
+    """The weights `step` reads, made once per generation call.
+
+    A float32 LSTM gets them re-laid for one token at a time (other models: the params):
+      embed_in   [V, 4H_0]: embedding @ W_i of layer 0, plus its bias: a row per token;
+      mats[l]    [4H_l + N_l, H_l]: W_h of layer l and, below it, the input weights of
+                 what reads h_l next (layer l+1's W_i, or the head, N_l = V), transposed;
+      biases[l]  [N_l]: the bias of what reads h_l next.
+    So each layer costs one product h_l @ mats[l]^T per token: it gives the next layer's
+    input and this layer's recurrent term for the next token at once, from rows read in
+    order. One larger product also spreads over more CPU threads than two small ones.
+    """
+    if model.cell != 'lstm' or jnp.dtype(model.dtype) != jnp.float32:
+        return {'params': params}
+    sizes = model.hidden_sizes
+
+    def cat(layer: int, kind: str, what: str = 'kernel'):
+        return jnp.concatenate([params[f'lstm_{layer}'][f'{kind}{g}'][what] for g in GATES], -1)
+
+    mats, biases = [], []
+    for layer in range(len(sizes)):
+        last = layer + 1 == len(sizes)
+        reader = params['head']['kernel'] if last else cat(layer + 1, 'i')
+        mats.append(jnp.concatenate([cat(layer, 'h'), reader], axis=-1).T)
+        biases.append(params['head']['bias'] if last else cat(layer + 1, 'h', 'bias'))
+    embed_in = (jnp.einsum('ve,eg->vg', params['embed']['embedding'], cat(0, 'i'))
+                + cat(0, 'h', 'bias')[None])
+    return {'embed_in': embed_in, 'mats': tuple(mats), 'biases': tuple(biases)}
+
+
+def step_state(model: RecurrentLM, weights: dict, carry: Carry):
+    """`step`'s state from a carry: an LSTM layer keeps (c, h, h @ W_h)."""
+    if 'params' in weights:
+        return carry
+    return tuple((c, h, jnp.einsum('bh,gh->bg', h, mat[:4 * h.shape[-1]]))
+                 for (c, h), mat in zip(carry, weights['mats'], strict=True))
+
+
+def step_carry(model: RecurrentLM, weights: dict, state) -> Carry:
+    """The carry (as `RecurrentLM` takes it) of a `step` state."""
+    if 'params' in weights:
+        return state
+    return tuple((c, h) for c, h, _ in state)
+
+
+def step(model: RecurrentLM, weights: dict, state, tokens_B: jax.Array):
+    """One token per stream through every layer: (state, logits_BxV).
+
+    Computes what `model.apply` computes for a length-1 sequence (to float rounding;
+    the tests check this), with `step_weights` and `step_state` made beforehand.
+    """
+    if 'params' in weights:
+        state, logits_Bx1xV = model.apply(weights, state, tokens_B[:, None])
+        return state, logits_Bx1xV[:, 0]
+    x_Bx4H = weights['embed_in'][tokens_B]
+    new_state = []
+    for (c, h, recurrent_Bx4H), mat, bias in zip(state, weights['mats'], weights['biases'],
+                                                 strict=True):
+        i, f, g, o = jnp.split(_activate(x_Bx4H + recurrent_Bx4H), 4, axis=-1)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        both = jnp.einsum('bh,gh->bg', h, mat)
+        new_state.append((c, h, both[:, :4 * h.shape[-1]]))
+        x_Bx4H = both[:, 4 * h.shape[-1]:] + bias[None]
+    return tuple(new_state), x_Bx4H
+
+
 def summary(model: RecurrentLM, params) -> str:
     """A per-layer table of parameter shapes and counts, like PyTorch's print(model)."""
     rows = [('layer', 'parameters', 'count')]

@@ -43,6 +43,27 @@ def test_scan_equals_python_loop_over_the_same_cell(cell):
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('cell,impl,fast', [('lstm', 'hoisted', True), ('lstm', 'cell', True),
+                                             ('gru', 'hoisted', False)])
+def test_step_equals_apply_token_by_token(cell, impl, fast):
+    """The generation step (re-laid LSTM weights; other cells: apply) against model.apply."""
+    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8, 6), cell=cell,
+                              impl=impl)
+    params, tokens = _init(m, length=6)
+    start = jax.tree.map(lambda x: jax.random.normal(jax.random.key(2), x.shape) * 0.5,
+                         m.init_carry(3))
+    weights = model_lib.step_weights(m, params)
+    assert ('mats' in weights) == fast
+    state, carry = model_lib.step_state(m, weights, start), start
+    for t in range(tokens.shape[1]):
+        state, logits = model_lib.step(m, weights, state, tokens[:, t])
+        carry, want = m.apply({'params': params}, carry, tokens[:, t:t + 1])
+        np.testing.assert_allclose(logits, want[:, 0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(model_lib.step_carry(m, weights, state)),
+                    jax.tree.leaves(carry), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_carry_continues_across_calls():
     m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8,))
     params, tokens = _init(m, length=10)

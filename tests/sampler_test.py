@@ -77,6 +77,15 @@ def test_scan_equals_python_loop_token_for_token(lm, temperature, top_k, top_p):
     np.testing.assert_array_equal(got, want)
 
 
+def test_scan_equals_python_loop_for_a_gru():
+    """Cells without a re-laid step (GRU) sample through model.apply, token for token."""
+    m = model_lib.RecurrentLM(vocab_size=V, embed_dim=6, hidden_sizes=(16,), cell='gru')
+    params = jax.jit(m.init)(jax.random.key(0), m.init_carry(1), jnp.zeros((1, 1), jnp.int32))
+    key = jax.random.key(5)
+    got = sampler.sample_ids(m, params['params'], PROMPT, 10, key, num_samples=2, chunk=4)
+    np.testing.assert_array_equal(got, python_loop(m, params['params'], PROMPT, 10, key, 2, 1.0))
+
+
 def test_prime_in_one_call_equals_one_token_at_a_time(lm):
     m, params = lm
     prompt = jnp.asarray(np.stack([PROMPT, PROMPT[::-1]]))
@@ -238,8 +247,8 @@ def test_bad_options(lm, kwargs, match):
 
 def test_greedy_makes_no_random_numbers(lm):
     m, params = lm
-    args = (m, params, m.init_carry(1), jnp.zeros((1, V)), jax.random.key(0)[None],
-            jnp.int32(0), jnp.zeros(1))
+    args = (m, sampler.step_weights(m, params), m.init_carry(1), jnp.zeros((1, V)),
+            jax.random.key(0)[None], jnp.int32(0), jnp.zeros(1))
     greedy = sampler.generate.lower(*args, length=3, greedy=True).as_text()
     hot = sampler.generate.lower(*args, length=3, greedy=False).as_text()
     assert 'threefry' not in greedy and 'threefry' in hot
