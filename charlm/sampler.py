@@ -22,8 +22,9 @@ Sizes that change shapes (chunk length, top_k, streams) and the switches that re
 (greedy: no random numbers; top_p=1: no sort) are static, so each combination compiles
 once; temperatures are traced. Prompts are primed once and the carry broadcast to all
 streams. Each drawn token goes through `model.step`, which for an LSTM reads weights
-re-laid once per call (`step_weights`): a layer is one matrix product per token. The sampler works on token ids for any tokenizer: text in and out is the
-tokenizer's job (`encode_prompt`, `decode_continuation`, `sample_text`).
+re-laid once per call (`step_weights`): a layer is one matrix product per token. The
+sampler works on token ids for any tokenizer: text in and out is the tokenizer's job
+(`encode_prompt`, `decode_continuation`, `sample_text`).
 """
 
 from __future__ import annotations
