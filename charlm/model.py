@@ -132,19 +132,20 @@ def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll, residuals=True):
     """The recurrence; returns (c_T, h_T), h_TxBxH and (if asked) what the backward needs.
 
     Without residuals the loop writes only h_t: a forward-only pass (evaluation, sampling)
-    does not pay for storing every step's gates. With them, step t's gates overwrite
-    xw_t, which nothing reads again, in place (and the backward's dz_t overwrites the
-    gates in turn): no fresh [T, B, 4H] buffers to zero and copy per layer, which made
-    CPU training 4-9% slower. Each step reads the next xw slice before the loop goes on,
-    so the buffer's only reader inside the loop is its own update (otherwise XLA copies
-    the whole buffer every step).
+    does not pay for storing every step's gates. With them and unroll=1, step t's gates
+    overwrite xw_t, which nothing reads again, in place (and the backward's dz_t
+    overwrites the gates in turn): no fresh [T, B, 4H] buffers to zero and copy per
+    layer, which made CPU training 4-9% slower. Each step reads the next xw slice before
+    the loop goes on, so the buffer's only reader inside the loop is its own update
+    (otherwise XLA copies the whole buffer every step). Unrolled, that pattern ran 2.4x
+    slower than a plain scan, so unroll > 1 takes the scan.
     """
-    if not residuals:
+    if not residuals or unroll > 1:
         def step(carry, xw_Bx4H):
-            c, h, _ = _lstm_cell(w_h, xw_Bx4H, *carry)
-            return (c, h), h
-        carry, h_TxBxH = jax.lax.scan(step, (c0_BxH, h0_BxH), xw_TxBx4H, unroll=unroll)
-        return carry, h_TxBxH, None
+            c, h, gates = _lstm_cell(w_h, xw_Bx4H, *carry)
+            return (c, h), (h, c, gates) if residuals else h
+        carry, ys = jax.lax.scan(step, (c0_BxH, h0_BxH), xw_TxBx4H, unroll=unroll)
+        return (carry, ys[0], ys[1:]) if residuals else (carry, ys, None)
 
     steps = xw_TxBx4H.shape[0]
 
@@ -157,7 +158,7 @@ def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll, residuals=True):
 
     zeros = jnp.zeros((steps, *c0_BxH.shape), c0_BxH.dtype)
     c, h, _, gates_TxBx4H, h_TxBxH, c_TxBxH = jax.lax.fori_loop(
-        0, steps, body, (c0_BxH, h0_BxH, xw_TxBx4H[0], xw_TxBx4H, zeros, zeros), unroll=unroll)
+        0, steps, body, (c0_BxH, h0_BxH, xw_TxBx4H[0], xw_TxBx4H, zeros, zeros))
     return (c, h), h_TxBxH, (c_TxBxH, gates_TxBx4H)
 
 
@@ -179,6 +180,17 @@ def _lstm_fwd(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll):
     return (carry, h_TxBxH), (w_h, c0_BxH, h0_BxH, h_TxBxH, c_TxBxH, gates_TxBx4H)
 
 
+def _lstm_cell_bwd(m_g, gates, c, c_prev, dh, dc_next):
+    """One step back through `_lstm_cell`: (dz, dc) given dh = dL/dh_t (all paths)."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    tanh_c = jnp.tanh(c)
+    dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+    # The four slopes in one pass: sigmoid' = a (1 - a) on i, f, o; tanh' = 1 - a^2 on g.
+    slope = (1 - m_g) * gates * (1 - gates) + m_g * (1 - gates * gates)
+    dz = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1) * slope
+    return dz, dc * f
+
+
 def _lstm_bwd(unroll, res, cotangents):
     w_h, c0, h0, h_TxBxH, c_TxBxH, gates_TxBx4H = res
     (dc_T, dh_T), dh_out_TxBxH = cotangents
@@ -188,24 +200,30 @@ def _lstm_bwd(unroll, res, cotangents):
     m_g = _g_columns(gates_TxBx4H.shape[-1], gates_TxBx4H.dtype)
     steps = gates_TxBx4H.shape[0]
 
-    def body(k, loop):  # time step t = T - 1 - k; dz_t overwrites gates_t in place
-        dc_next, dh_next, gates, buf_TxBx4H = loop
-        t = steps - 1 - k
-        c = _read(c_TxBxH, t)
-        c_prev = jnp.where(t > 0, _read(c_TxBxH, jnp.maximum(t - 1, 0)), c0)
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        dh = _read(dh_out_TxBxH, t) + dh_next
-        tanh_c = jnp.tanh(c)
-        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
-        # The four slopes in one pass: sigmoid' = a (1 - a) on i, f, o; tanh' = 1 - a^2 on g.
-        slope = (1 - m_g) * gates * (1 - gates) + m_g * (1 - gates * gates)
-        dz = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1) * slope
-        buf_TxBx4H = _write(buf_TxBx4H, t, dz)
-        return (dc * f, _mm('bg,gh->bh', dz, w_hT), _read(buf_TxBx4H, jnp.maximum(t - 1, 0)),
-                buf_TxBx4H)
+    if unroll > 1:  # a plain reverse scan (see _lstm_forward)
+        def step(carry, xs):
+            dc_next, dh_next = carry
+            dh_out, c, c_prev, gates = xs
+            dz, dc_f = _lstm_cell_bwd(m_g, gates, c, c_prev, dh_out + dh_next, dc_next)
+            return (dc_f, _mm('bg,gh->bh', dz, w_hT)), dz
 
-    dc0, dh0, _, dz_TxBx4H = jax.lax.fori_loop(
-        0, steps, body, (dc_T, dh_T, gates_TxBx4H[-1], gates_TxBx4H), unroll=unroll)
+        c_prev_TxBxH = jnp.concatenate([c0[None], c_TxBxH[:-1]], axis=0)
+        (dc0, dh0), dz_TxBx4H = jax.lax.scan(
+            step, (dc_T, dh_T), (dh_out_TxBxH, c_TxBxH, c_prev_TxBxH, gates_TxBx4H),
+            reverse=True, unroll=unroll)
+    else:
+        def body(k, loop):  # time step t = T - 1 - k; dz_t overwrites gates_t in place
+            dc_next, dh_next, gates, buf_TxBx4H = loop
+            t = steps - 1 - k
+            c_prev = jnp.where(t > 0, _read(c_TxBxH, jnp.maximum(t - 1, 0)), c0)
+            dz, dc_f = _lstm_cell_bwd(m_g, gates, _read(c_TxBxH, t), c_prev,
+                                      _read(dh_out_TxBxH, t) + dh_next, dc_next)
+            buf_TxBx4H = _write(buf_TxBx4H, t, dz)
+            return (dc_f, _mm('bg,gh->bh', dz, w_hT),
+                    _read(buf_TxBx4H, jnp.maximum(t - 1, 0)), buf_TxBx4H)
+
+        dc0, dh0, _, dz_TxBx4H = jax.lax.fori_loop(
+            0, steps, body, (dc_T, dh_T, gates_TxBx4H[-1], gates_TxBx4H))
     h_prev_TxBxH = jnp.concatenate([h0[None], h_TxBxH[:-1]], axis=0)
     dw_h = _mm('nh,ng->hg', h_prev_TxBxH.reshape(-1, h0.shape[-1]),
                dz_TxBx4H.reshape(-1, dz_TxBx4H.shape[-1]).astype(w_h.dtype))
