@@ -120,12 +120,17 @@ def _write(buf_TxN, t, x):
     return jax.lax.dynamic_update_index_in_dim(buf_TxN, x, t, 0)
 
 
-def _lstm_cell(w_h, xw_Bx4H, c, h):
-    """One LSTM time step from the hoisted input term: (c, h, gates)."""
-    gates = _activate(xw_Bx4H + _mm('bh,hg->bg', h, w_h))
+def _lstm_update(z_Bx4H, c):
+    """The LSTM equations from the gates' pre-activations z (i, f, g, o): (c, h, gates)."""
+    gates = _activate(z_Bx4H)
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     c = f * c + i * g
     return c, o * jnp.tanh(c), gates
+
+
+def _lstm_cell(w_h, xw_Bx4H, c, h):
+    """One LSTM time step from the hoisted input term: (c, h, gates)."""
+    return _lstm_update(xw_Bx4H + _mm('bh,hg->bg', h, w_h), c)
 
 
 def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll, residuals=True):
@@ -395,11 +400,9 @@ def step(model: RecurrentLM, weights: dict, state, tokens_B: jax.Array):
         return state, logits_Bx1xV[:, 0]
     x_Bx4H = weights['embed_in'][tokens_B]
     new_state = []
-    for (c, h, recurrent_Bx4H), mat, bias in zip(state, weights['mats'], weights['biases'],
+    for (c, _, recurrent_Bx4H), mat, bias in zip(state, weights['mats'], weights['biases'],
                                                  strict=True):
-        i, f, g, o = jnp.split(_activate(x_Bx4H + recurrent_Bx4H), 4, axis=-1)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        c, h, _ = _lstm_update(x_Bx4H + recurrent_Bx4H, c)
         both = jnp.einsum('bh,gh->bg', h, mat)
         new_state.append((c, h, both[:, :4 * h.shape[-1]]))
         x_Bx4H = both[:, 4 * h.shape[-1]:] + bias[None]
