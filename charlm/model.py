@@ -346,7 +346,8 @@ class RecurrentLM(nn.Module):
 def step_weights(model: RecurrentLM, params) -> dict:
     """The weights `step` reads, made once per generation call.
 
-    A float32 LSTM gets them re-laid for one token at a time (other models: the params):
+    A float32 LSTM gets them re-laid for one token at a time; any other model gets
+    {'params': params} and `step` runs `model.apply`:
       embed_in   [V, 4H_0]: embedding @ W_i of layer 0, plus its bias: a row per token;
       mats[l]    [4H_l + N_l, H_l]: W_h of layer l and, below it, the input weights of
                  what reads h_l next (layer l+1's W_i, or the head, N_l = V), transposed;
