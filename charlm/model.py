@@ -346,8 +346,7 @@ class RecurrentLM(nn.Module):
 def step_weights(model: RecurrentLM, params) -> dict:
     """The weights `step` reads, made once per generation call.
 
-    A float32 LSTM gets them re-laid for one token at a time; any other model gets
-    {'params': params} and `step` runs `model.apply`:
+    A float32 LSTM gets them re-laid for one token at a time:
       embed_in   [V, 4H_0]: embedding @ W_i of layer 0, plus its bias: a row per token;
       mats[l]    [4H_l + N_l, H_l]: W_h of layer l and, below it, the input weights of
                  what reads h_l next (layer l+1's W_i, or the head, N_l = V), transposed;
@@ -355,7 +354,8 @@ def step_weights(model: RecurrentLM, params) -> dict:
     So each layer costs one product h_l @ mats[l]^T per token: it gives the next layer's
     input and this layer's recurrent term for the next token at once, from rows read in
     order (two products per token for two layers, not five; one stream on a CPU went
-    from about 72 to 50 us per token).
+    from about 72 to 50 us per token). Any other model gets {'params': params}, which
+    `step` runs through `model.apply`.
     """
     if model.cell != 'lstm' or jnp.dtype(model.dtype) != jnp.float32:
         return {'params': params}
