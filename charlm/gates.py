@@ -8,8 +8,8 @@ and the hidden state. A simple RNN has no gates (an error). One row per unit, on
 column per token of the text, read from a zero state as in training.
 
 The numbers come from the trained parameters run through Flax's own cell, never from
-a copy of its equations: the embedding output is recorded (nn.intercept_methods) while
-the trained model reads the text; then each layer's parameters are stepped through
+a copy of its equations: the text's embedding rows are read from the trained
+parameters; then each layer's parameters are stepped through
 nn.LSTMCell / nn.GRUCell (whose parameter names every charlm LSTM and GRU layer keeps)
 with capture_intermediates=True, each layer's outputs feeding the next. A gate
 is the cell's `gate_fn` of the sum of its recorded input and hidden Dense outputs; the
@@ -57,17 +57,8 @@ def check_layer(layer: int, num_layers: int) -> None:
 
 def model_run(model, params, tokens_1xT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(embedding output 1xTxE, logits 1xTxV) of the trained model on the tokens."""
-    seen = {}
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.module.name == 'embed' and context.method_name == '__call__':
-            seen['embed'] = out
-        return out
-
-    with nn.intercept_methods(record):
-        _, logits_1xTxV = model.apply({'params': params}, model.init_carry(1), tokens_1xT)
-    return seen['embed'], logits_1xTxV
+    _, logits_1xTxV = model.apply({'params': params}, model.init_carry(1), tokens_1xT)
+    return jnp.take(params['embed']['embedding'], tokens_1xT, axis=0), logits_1xTxV
 
 
 def step_layer(model, params, layer: int, x_1xTxE: jax.Array):

@@ -102,17 +102,23 @@ def _loss(m, params, carry, tokens):
     return nll + sum(jnp.sum(x * x) for x in jax.tree.leaves(carry))  # carry grads matter too
 
 
-@pytest.mark.parametrize('unroll', [1, 3])
-def test_hoisted_lstm_equals_the_flax_cell(unroll):
-    """Same parameters, same outputs, same gradients (params and initial carry)."""
+@pytest.mark.parametrize('unroll,batch,folds', [(1, 4, True), (3, 4, True), (1, 1, False)])
+def test_hoisted_lstm_equals_the_flax_cell(unroll, batch, folds):
+    """Same parameters, same outputs, same gradients (params and initial carry).
+
+    With 4 x 11 tokens >= 2 x 13 vocabulary entries the first layer projects the
+    embedding table and gathers; with 1 x 11 it projects each token's embedding.
+    """
     ref = model_lib.RecurrentLM(vocab_size=13, embed_dim=6, hidden_sizes=(16, 8), impl='cell')
     fast = model_lib.RecurrentLM(vocab_size=13, embed_dim=6, hidden_sizes=(16, 8),
                                  impl='hoisted', unroll=unroll)
-    tokens = jax.random.randint(jax.random.key(3), (4, 12), 0, 13)
-    p_ref = ref.init(jax.random.key(0), ref.init_carry(4), tokens)['params']
-    p_fast = fast.init(jax.random.key(0), fast.init_carry(4), tokens)['params']
+    tokens = jax.random.randint(jax.random.key(3), (batch, 12), 0, 13)
+    assert fast.folds_embedding(tokens[:, :-1].size) == folds
+    assert not ref.folds_embedding(tokens[:, :-1].size)
+    p_ref = ref.init(jax.random.key(0), ref.init_carry(batch), tokens)['params']
+    p_fast = fast.init(jax.random.key(0), fast.init_carry(batch), tokens)['params']
     jax.tree.map(np.testing.assert_array_equal, p_ref, p_fast)  # same init too
-    carry = jax.tree.map(lambda x: x + 0.5, ref.init_carry(4))
+    carry = jax.tree.map(lambda x: x + 0.5, ref.init_carry(batch))
     out_ref = ref.apply({'params': p_ref}, carry, tokens)
     out_fast = fast.apply({'params': p_ref}, carry, tokens)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
