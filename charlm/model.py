@@ -268,7 +268,10 @@ class HoistedLSTM(nn.Module):
             # The first layer reads embedding rows, so its input projection is a row of
             # embedding @ W_i + b per token: a [V, E] x [E, 4H] matmul and a gather instead
             # of [B*T, E] x [E, 4H] (and the same saving twice in the backward pass).
-            table_Vx4H = _mm('ve,eg->vg', embedding_VxE, w_i) + b[None]
+            # The barrier keeps the bias add out of the gather: fused into it, XLA:CPU
+            # gathered element by element (A: 14.6 ms a step in a profile, 3.4 ms now).
+            table_Vx4H = jax.lax.optimization_barrier(_mm('ve,eg->vg', embedding_VxE, w_i)
+                                                      + b[None])
             # Token ids come from the tokenizer, so always in range: promising that saves
             # jnp.take's out-of-range mask, a second pass over the [T, B, 4H] result.
             tokens_TxB = jnp.swapaxes(x_BxTxE, 0, 1)
