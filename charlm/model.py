@@ -257,10 +257,11 @@ class HoistedLSTM(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, carry, x_BxTxE, embedding_VxE=None):
-        """x_BxTxE is the layer's input; or, given the embedding, tokens_BxT (see below)."""
+    def __call__(self, carry, inputs, embedding_VxE=None):
+        """`inputs` is the layer's input x_BxTxE; or, when `embedding_VxE` is given (the
+        first layer), the token ids tokens_BxT whose embedding rows are the input."""
         c_BxH, h_BxH = carry
-        in_features = (x_BxTxE if embedding_VxE is None else embedding_VxE).shape[-1]
+        in_features = (inputs if embedding_VxE is None else embedding_VxE).shape[-1]
         # nn.OptimizedLSTMCell's defaults: lecun_normal inputs, orthogonal recurrence.
         wi = [_DenseParams(self.features, False, nn.initializers.lecun_normal(),
                            name=f'i{g}')(in_features)[0] for g in GATES]
@@ -278,12 +279,12 @@ class HoistedLSTM(nn.Module):
             table_Vx4H = jax.lax.optimization_barrier(_input_table(embedding_VxE, w_i, b))
             # Token ids come from the tokenizer, so always in range: promising that saves
             # jnp.take's out-of-range mask, a second pass over the [T, B, 4H] result.
-            tokens_TxB = jnp.swapaxes(x_BxTxE, 0, 1)
+            tokens_TxB = jnp.swapaxes(inputs, 0, 1)
             xw_TxBx4H = table_Vx4H.at[tokens_TxB].get(mode='promise_in_bounds')
         else:
             # Transpose, then one 2-D matmul: XLA:CPU ran the equivalent 'bte,eg->tbg'
             # einsum 4x slower (43 ms vs 10 ms for 64 x 100 x 256 -> 1024).
-            x_TxBxE = jnp.swapaxes(x_BxTxE, 0, 1)
+            x_TxBxE = jnp.swapaxes(inputs, 0, 1)
             t, b_, e = x_TxBxE.shape
             xw_TxBx4H = (_mm('ne,eg->ng', x_TxBxE.reshape(t * b_, e), w_i).reshape(t, b_, -1)
                          + b[None, None])
