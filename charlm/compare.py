@@ -31,7 +31,7 @@ from charlm.errors import CharLMError
 
 def count_parameters(config: ml_collections.ConfigDict, vocab_size: int) -> int:
     """The model's parameter count, from shapes only (nothing is computed)."""
-    model = train.make_model(config, vocab_size)
+    model = train.make_model(config, vocab_size, portable=True)  # shapes only
     shapes = jax.eval_shape(model.init, jax.random.key(0), model.init_carry(1),
                             jnp.zeros((1, 1), jnp.int32))
     return model_lib.count_params(shapes['params'])

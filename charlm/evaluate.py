@@ -99,7 +99,7 @@ def restore(run: Run | str, step: int | None = None) -> Restored:
     if not isinstance(run, Run):
         run = read_run(run, step)
     try:
-        model = train.make_model(run.config, run.tokenizer.vocab_size)
+        model = train.make_model(run.config, run.tokenizer.vocab_size, portable=True)
     except (AttributeError, KeyError) as e:
         raise CharLMError(f'the checkpoint config in {run.workdir} lacks a field this charlm '
                           f'needs ({e}): it was written by another version') from None

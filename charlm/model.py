@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.experimental import rnn
 
 from charlm.errors import CharLMError
 
@@ -243,6 +244,28 @@ def _lstm_bwd(unroll, res, cotangents):
 lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
 
 
+def _lstm_params(in_features: int, features: int):
+    """An LSTM layer's parameters, made inside the calling module: (w_i [E, 4H], w_h [H, 4H],
+    b [4H]), gates in GATES order.
+
+    Names, shapes and initialisers are nn.OptimizedLSTMCell's (lecun_normal inputs without
+    bias, orthogonal recurrence with the bias), so every LSTM implementation here shares its
+    checkpoints.
+    """
+    wi = [_DenseParams(features, False, nn.initializers.lecun_normal(),
+                       name=f'i{g}')(in_features)[0] for g in GATES]
+    wh = [_DenseParams(features, True, nn.initializers.orthogonal(),
+                       name=f'h{g}')(features) for g in GATES]
+    return (jnp.concatenate(wi, axis=-1), jnp.concatenate([k for k, _ in wh], axis=-1),
+            jnp.concatenate([b for _, b in wh], axis=-1))
+
+
+def _gates(layer_params, kind: str, what: str = 'kernel') -> jax.Array:
+    """One layer's per-gate arrays side by side: kind 'i' -> W_i [E, 4H], 'h' -> W_h [H, 4H]
+    (or, with what='bias', b [4H])."""
+    return jnp.concatenate([layer_params[f'{kind}{g}'][what] for g in GATES], axis=-1)
+
+
 class HoistedLSTM(nn.Module):
     """One LSTM layer over a whole sequence, the cuDNN way.
 
@@ -262,14 +285,8 @@ class HoistedLSTM(nn.Module):
         first layer), the token ids tokens_BxT whose embedding rows are the input."""
         c_BxH, h_BxH = carry
         in_features = (inputs if embedding_VxE is None else embedding_VxE).shape[-1]
-        # nn.OptimizedLSTMCell's defaults: lecun_normal inputs, orthogonal recurrence.
-        wi = [_DenseParams(self.features, False, nn.initializers.lecun_normal(),
-                           name=f'i{g}')(in_features)[0] for g in GATES]
-        wh = [_DenseParams(self.features, True, nn.initializers.orthogonal(),
-                           name=f'h{g}')(self.features) for g in GATES]
-        w_i = jnp.concatenate(wi, axis=-1).astype(self.dtype)  # [E, 4H]
-        w_h = jnp.concatenate([k for k, _ in wh], axis=-1).astype(self.dtype)  # [H, 4H]
-        b = jnp.concatenate([b for _, b in wh], axis=-1)  # [4H]
+        w_i, w_h, b = _lstm_params(in_features, self.features)
+        w_i, w_h = w_i.astype(self.dtype), w_h.astype(self.dtype)
         if embedding_VxE is not None:
             # The first layer reads embedding rows, so its input projection is a row of
             # embedding @ W_i + b per token: a [V, E] x [E, 4H] matmul and a gather instead
@@ -290,6 +307,69 @@ class HoistedLSTM(nn.Module):
                          + b[None, None])
         carry, h_TxBxH = lstm_recurrence(w_h, xw_TxBx4H, c_BxH, h_BxH, self.unroll)
         return carry, jnp.swapaxes(h_TxBxH, 0, 1)
+
+
+# cuDNN's fused LSTM (jax.experimental.rnn, CUDA GPUs only). Its flat weight vector holds,
+# per layer, W_ih [4H, E], W_hh [4H, H], then b_ih and b_hh [4H] each, gates i, f, g, o
+# (PyTorch's nn.LSTM layout): GATES order, transposed, with one bias more than Flax's.
+
+def to_cudnn_weights(layer_params) -> jax.Array:
+    """One LSTM layer's Flax parameters as cuDNN's flat weight vector (b_ih = 0)."""
+    w_i, w_h, b = (_gates(layer_params, 'i'), _gates(layer_params, 'h'),
+                   _gates(layer_params, 'h', 'bias'))
+    return _pack_cudnn(w_i, w_h, b)
+
+
+def _pack_cudnn(w_i, w_h, b) -> jax.Array:
+    return jnp.concatenate([w_i.T.reshape(-1), w_h.T.reshape(-1), jnp.zeros_like(b), b])
+
+
+def from_cudnn_weights(weights: jax.Array, input_size: int, hidden_size: int) -> dict:
+    """The inverse of `to_cudnn_weights` for any one-layer cuDNN (or PyTorch nn.LSTM) weight
+    vector: the two biases become Flax's one, b_ih + b_hh, which computes the same."""
+    w_ih, w_hh, b_ih, b_hh = (jnp.asarray(x[0]) for x in rnn.unpack_lstm_weights(
+        jnp.asarray(weights), input_size, hidden_size, 1, False))
+    columns = {'i': w_ih.T, 'h': w_hh.T}
+    bias = jnp.split(b_ih + b_hh, 4)
+    params = {}
+    for kind, w in columns.items():
+        for g, kernel, b in zip(GATES, jnp.split(w, 4, axis=-1), bias, strict=True):
+            params[f'{kind}{g}'] = {'kernel': kernel} | ({'bias': b} if kind == 'h' else {})
+    return params
+
+
+def _cudnn_lstm(x_BxTxE, h0_1xBxH, c0_1xBxH, weights, input_size, hidden_size):
+    """One layer of cuDNN's LSTM: (y_BxTxH, h_1xBxH, c_1xBxH). A function of its own so
+    that a CPU test can put jax.experimental.rnn's reference implementation in its place."""
+    batch, steps = x_BxTxE.shape[:2]
+    return rnn.lstm(x_BxTxE, h0_1xBxH, c0_1xBxH, weights,
+                    jnp.full((batch,), steps, jnp.int32), input_size, hidden_size,
+                    num_layers=1, dropout=0.0, bidirectional=False)
+
+
+class CudnnLSTM(nn.Module):
+    """One LSTM layer through cuDNN's fused kernel, forward and backward (CUDA GPUs only).
+
+    The parameters are HoistedLSTM's (nn.OptimizedLSTMCell's), packed into cuDNN's flat
+    vector inside each step, so checkpoints move freely between the implementations.
+    One cuDNN call per layer keeps charlm's own dropout between layers. float32 only:
+    jax.experimental.rnn has no bf16 LSTM; it uses TF32 where JAX's matmuls would.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, carry, x_BxTxE):
+        c_BxH, h_BxH = carry
+        in_features = x_BxTxE.shape[-1]
+        weights = _pack_cudnn(*_lstm_params(in_features, self.features))
+        y_BxTxH, h_1xBxH, c_1xBxH = _cudnn_lstm(
+            x_BxTxE.astype(jnp.float32), h_BxH[None], c_BxH[None], weights,
+            in_features, self.features)
+        return (c_1xBxH[0], h_1xBxH[0]), y_BxTxH
+
+
+IMPLS = ('hoisted', 'cell', 'cudnn')
 
 
 def hidden_sizes_from(num_layers: int, hidden_size: int, hidden_sizes=()) -> tuple[int, ...]:
@@ -317,13 +397,19 @@ class RecurrentLM(nn.Module):
     dropout_rate: float = 0.0
     unroll: int = 1  # time steps per scan iteration; a speed knob, same results
     impl: str = 'hoisted'  # LSTM only: 'hoisted' (input matmul outside the scan) | 'cell'
+    #                        (nn.scan over nn.OptimizedLSTMCell) | 'cudnn' (CUDA GPUs)
     dtype: Any = jnp.float32  # computation dtype; parameters and carry stay float32
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise CharLMError(f"unknown model.cell {self.cell!r}: use one of {', '.join(CELLS)}")
-        if self.impl not in ('hoisted', 'cell'):
-            raise CharLMError(f"unknown model.impl {self.impl!r}: use 'hoisted' or 'cell'")
+        if self.impl not in IMPLS:
+            raise CharLMError(f"unknown model.impl {self.impl!r}: use one of {', '.join(IMPLS)}")
+        if self.impl == 'cudnn' and (self.cell != 'lstm'
+                                     or jnp.dtype(self.dtype) != jnp.float32):
+            raise CharLMError("model.impl='cudnn' is a float32 LSTM only (cuDNN's LSTM in "
+                              f"jax.experimental.rnn), not cell={self.cell!r} with dtype "
+                              f"{jnp.dtype(self.dtype).name}: use model.impl='hoisted'")
         super().__post_init__()
 
     def init_carry(self, batch_size: int) -> Carry:
@@ -336,6 +422,8 @@ class RecurrentLM(nn.Module):
 
     def layer(self, i: int) -> nn.Module:
         """Layer i: its cell scanned over time (axis 1), parameters shared across steps."""
+        if self.cell == 'lstm' and self.impl == 'cudnn':
+            return CudnnLSTM(self.hidden_sizes[i], name=f'{self.cell}_{i}')
         if self.cell == 'lstm' and self.impl == 'hoisted':
             return HoistedLSTM(self.hidden_sizes[i], self.unroll, self.dtype,
                                name=f'{self.cell}_{i}')
@@ -395,7 +483,7 @@ def step_weights(model: RecurrentLM, params) -> dict:
     sizes = model.hidden_sizes
 
     def cat(layer: int, kind: str, what: str = 'kernel'):
-        return jnp.concatenate([params[f'lstm_{layer}'][f'{kind}{g}'][what] for g in GATES], -1)
+        return _gates(params[f'lstm_{layer}'], kind, what)
 
     mats, biases = [], []
     for layer in range(len(sizes)):

@@ -113,7 +113,7 @@ def find(workdir: str, step: int | None = None) -> Saved:
     try:
         tokenizer = tokenizers.from_json(saved['tokenizer'])
         config = ml_collections.ConfigDict(saved['config'])
-        model = train.make_model(config, tokenizer.vocab_size)
+        model = train.make_model(config, tokenizer.vocab_size, portable=True)
     except CharLMError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as e:

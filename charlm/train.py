@@ -43,18 +43,33 @@ class TrainState(train_state.TrainState):
 # ------------------------------------------------------------------ config -> objects
 
 
-def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.RecurrentLM:
+def _has_cuda() -> bool:
+    return (jax.default_backend() == 'gpu'
+            and 'rocm' not in str(jax.devices()[0].client.platform_version).lower())
+
+
+def make_model(config: ml_collections.ConfigDict, vocab_size: int, *,
+               portable: bool = False) -> model_lib.RecurrentLM:
+    """The config's model. `portable` (sampling, evaluation): a checkpoint trained with
+    model.impl='cudnn' runs as 'hoisted' (same parameters) on a machine without CUDA."""
     m = config.model
     try:
         dtype = jnp.dtype(m.dtype)
     except TypeError:
         raise CharLMError(f"unknown model.dtype {m.dtype!r}: use 'float32' or 'bfloat16'"
                           ) from None
+    impl = m.get('impl', 'hoisted')  # .get: configs saved before the field
+    if impl == 'cudnn' and not _has_cuda():
+        if not portable:
+            raise CharLMError("model.impl='cudnn' needs a CUDA GPU (cuDNN's LSTM), and JAX "
+                              f"runs on {jax.default_backend()} here: use "
+                              "model.impl='hoisted' (same parameters and checkpoints)")
+        impl = 'hoisted'
     return model_lib.RecurrentLM(
         vocab_size=vocab_size, embed_dim=m.embed_dim,
         hidden_sizes=model_lib.hidden_sizes_from(m.num_layers, m.hidden_size, m.hidden_sizes),
         cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.get('unroll', 1),
-        impl=m.get('impl', 'hoisted'), dtype=dtype)  # .get: configs saved before the field
+        impl=impl, dtype=dtype)
 
 
 def make_schedule(config: ml_collections.ConfigDict, xp=jnp) -> optax.Schedule:

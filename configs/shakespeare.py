@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
     m.hidden_sizes = ()  # per-layer sizes, e.g. (150, 100); overrides hidden_size when set
     m.dropout_rate = 0.1  # between layers and before the output layer
     m.impl = 'hoisted'  # LSTM: 'hoisted' input matmul + fused backward (fast) | 'cell' (Flax
-    # OptimizedLSTMCell in nn.scan, the reference); same parameters and checkpoints
+    # OptimizedLSTMCell in nn.scan, the reference) | 'cudnn' (cuDNN's fused LSTM, CUDA GPUs,
+    # float32); all three share parameters and checkpoints
     m.unroll = 1  # time steps per scan iteration: speed only, same numbers (1 is fastest on CPU)
     m.dtype = 'float32'  # matmul dtype; 'bfloat16' on GPU/TPU (carry stays float32)
 

@@ -129,6 +129,90 @@ def test_hoisted_lstm_equals_the_flax_cell(unroll, batch, folds):
                  g_ref, g_fast)
 
 
+def _cudnn_reference(x, h0, c0, weights, input_size, hidden_size):
+    """model._cudnn_lstm computed by jax.experimental.rnn's reference LSTM (any backend),
+    from the same flat cuDNN weight vector."""
+    from jax.experimental import rnn
+    w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(weights, input_size, hidden_size, 1, False)
+    lengths = jnp.full((x.shape[0],), x.shape[1], jnp.int32)
+    return rnn.lstm_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, input_size, hidden_size,
+                        1, 0.0, False)
+
+
+def test_cudnn_layer_packs_the_same_model(monkeypatch):
+    """impl='cudnn' with cuDNN's reference LSTM in place of the GPU kernel: the same
+    outputs, carries and gradients as impl='hoisted', dropout between layers included.
+    This checks everything but the kernel (weight layout, gate order, biases, carries);
+    test_cudnn_kernel_on_a_gpu checks the kernel where there is one."""
+    monkeypatch.setattr(model_lib, '_cudnn_lstm', _cudnn_reference)
+    kw = dict(vocab_size=13, embed_dim=6, hidden_sizes=(16, 8), dropout_rate=0.25)
+    ref, cudnn = model_lib.RecurrentLM(**kw), model_lib.RecurrentLM(**kw, impl='cudnn')
+    tokens = jax.random.randint(jax.random.key(3), (4, 12), 0, 13)
+    p = ref.init(jax.random.key(0), ref.init_carry(4), tokens)['params']
+    p_cudnn = cudnn.init(jax.random.key(0), cudnn.init_carry(4), tokens)['params']
+    jax.tree.map(np.testing.assert_array_equal, p, p_cudnn)  # same parameters and init
+    carry = jax.tree.map(lambda x: x + 0.5, ref.init_carry(4))
+
+    def loss(m, params, carry):
+        carry, logits = m.apply({'params': params}, carry, tokens, train=True,
+                                rngs={'dropout': jax.random.key(7)})
+        return jnp.sum(logits * logits) + sum(jnp.sum(x * x) for x in jax.tree.leaves(carry))
+
+    for m in (ref, cudnn):  # dropout is on: the losses differ from a dropout-free run
+        assert loss(m, p, carry) != loss(m.clone(dropout_rate=0.0), p, carry)
+    np.testing.assert_allclose(loss(cudnn, p, carry), loss(ref, p, carry), rtol=1e-5)
+    g_ref = jax.grad(loss, argnums=(1, 2))(ref, p, carry)
+    g_cudnn = jax.grad(loss, argnums=(1, 2))(cudnn, p, carry)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 g_ref, g_cudnn)
+
+
+def test_cudnn_weights_convert_both_ways():
+    """to_cudnn_weights / from_cudnn_weights: a round trip returns the parameters, and any
+    cuDNN (PyTorch nn.LSTM) weight vector, with both of its biases, becomes Flax parameters
+    that compute what cuDNN's reference computes."""
+    from jax.experimental import rnn
+    layer = model_lib.HoistedLSTM(16)
+    x = jax.random.normal(jax.random.key(1), (3, 9, 6))
+    carry = (jnp.full((3, 16), 0.3), jnp.full((3, 16), -0.2))
+    p = layer.init(jax.random.key(0), carry, x)['params']
+    flat = model_lib.to_cudnn_weights(p)
+    assert flat.shape == (rnn.get_num_params_in_lstm(6, 16, 1, False),)
+    jax.tree.map(np.testing.assert_array_equal, model_lib.from_cudnn_weights(flat, 6, 16), p)
+
+    weights = rnn.init_lstm_weight(jax.random.key(2), 6, 16, 1, False)  # both biases random
+    (c, h), y = layer.apply({'params': model_lib.from_cudnn_weights(weights, 6, 16)}, carry, x)
+    y_ref, h_ref, c_ref = _cudnn_reference(x, carry[1][None], carry[0][None], weights, 6, 16)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h, h_ref[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c, c_ref[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cudnn_kernel_on_a_gpu():
+    """The real cuDNN kernel against impl='hoisted' (run with JAX_PLATFORMS=cuda)."""
+    if jax.default_backend() != 'gpu':
+        pytest.skip('needs a CUDA GPU: JAX_PLATFORMS=cuda pytest tests/model_test.py -k cudnn')
+    kw = dict(vocab_size=13, embed_dim=32, hidden_sizes=(64, 48))
+    ref, cudnn = model_lib.RecurrentLM(**kw), model_lib.RecurrentLM(**kw, impl='cudnn')
+    tokens = jax.random.randint(jax.random.key(3), (8, 20), 0, 13)
+    p = ref.init(jax.random.key(0), ref.init_carry(8), tokens)['params']
+    carry = jax.tree.map(lambda x: x + 0.5, ref.init_carry(8))
+    # Both run float32 matmuls at JAX's default GPU precision (TF32 where the GPU has it).
+    tol = dict(rtol=2e-2, atol=2e-3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+                 ref.apply({'params': p}, carry, tokens),
+                 cudnn.apply({'params': p}, carry, tokens))
+    g_ref = jax.grad(_loss, argnums=(1, 2))(ref, p, carry, tokens)
+    g_cudnn = jax.grad(_loss, argnums=(1, 2))(cudnn, p, carry, tokens)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), g_ref, g_cudnn)
+
+
+@pytest.mark.parametrize('kw', [dict(cell='gru'), dict(dtype=jnp.bfloat16)])
+def test_cudnn_is_a_float32_lstm_only(kw):
+    with pytest.raises(CharLMError, match="impl='cudnn' is a float32 LSTM only"):
+        model_lib.RecurrentLM(vocab_size=5, impl='cudnn', **kw)
+
+
 def test_bfloat16_matmuls_keep_float32_state():
     m = model_lib.RecurrentLM(vocab_size=13, embed_dim=6, hidden_sizes=(16,), dtype=jnp.bfloat16)
     params, tokens = _init(m)

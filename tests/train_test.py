@@ -201,6 +201,14 @@ def test_unwritable_workdir(tiny_config, tmp_path):
             train.check_workdir(str(locked))
 
 
+def test_cudnn_impl_needs_cuda_except_to_read_a_checkpoint(tiny_config):
+    tiny_config.model.impl = 'cudnn'
+    with pytest.raises(CharLMError, match="needs a CUDA GPU.*runs on cpu"):
+        train.make_model(tiny_config, 20)
+    # Sampling and evaluation run a cuDNN-trained checkpoint as 'hoisted': same parameters.
+    assert train.make_model(tiny_config, 20, portable=True).impl == 'hoisted'
+
+
 def test_state_is_float32(tiny_config):
     _, _, state = _setup(tiny_config)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
