@@ -363,6 +363,24 @@ class _StopRequest:
             signal.signal(sig, old)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """One-line errors for settings that would fail (or lose checkpoints) mid-run."""
+    positive = {'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
+                'num_train_steps': config.num_train_steps, 'max_to_keep': config.max_to_keep,
+                'log_every_steps': config.log_every_steps,
+                'eval_every_steps': config.eval_every_steps,
+                'checkpoint_every_steps': config.checkpoint_every_steps,
+                'data.seq_len': config.data.seq_len, 'model.embed_dim': config.model.embed_dim}
+    for name, value in positive.items():
+        if not isinstance(value, int) or value < 1:
+            raise CharLMError(f'{name} must be a positive integer, got {value!r}')
+    if not config.learning_rate >= 0:  # 0 is allowed: a frozen model (tests use it)
+        raise CharLMError(f'learning_rate must be >= 0, got {config.learning_rate!r}')
+    if not 0 <= config.model.dropout_rate < 1:
+        raise CharLMError(f'model.dropout_rate must be in [0, 1), got '
+                          f'{config.model.dropout_rate!r}')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_at: int | None = None) -> dict[str, Any]:
     """Trains (resuming from WORKDIR if it holds a checkpoint) and returns final metrics.
@@ -370,6 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     `stop_at` ends this call after that step with a checkpoint, as a preemption would;
     calling again resumes exactly (a notebook can train in pieces).
     """
+    check_config(config)
     workdir = str(check_workdir(workdir))
     is_main = jax.process_index() == 0
     layout = data.Layout(config.batch_size, jax.device_count(), jax.local_device_count(),
@@ -389,6 +408,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         corpus = load_corpus(config, saved_tokenizer)
         tok = corpus.tokenizer
         model = make_model(config, tok.vocab_size)
+        if config.sample.prompts and config.sample.length > 0:  # else: no samples are drawn
+            from charlm import sampler
+            s = config.sample
+            sampler.check_options(s.length, s.temperature, s.top_k, s.top_p, 1, tok.vocab_size)
 
         init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
         tx = make_optimizer(config)

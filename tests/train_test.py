@@ -1,6 +1,7 @@
 import functools
 import os
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -207,6 +208,23 @@ def test_cudnn_impl_needs_cuda_except_to_read_a_checkpoint(tiny_config):
         train.make_model(tiny_config, 20)
     # Sampling and evaluation run a cuDNN-trained checkpoint as 'hoisted': same parameters.
     assert train.make_model(tiny_config, 20, portable=True).impl == 'hoisted'
+
+
+@pytest.mark.parametrize('field,value', [
+    ('max_to_keep', 0), ('eval_every_steps', 0), ('batch_size', -8), ('data.seq_len', 0),
+    ('learning_rate', -1.0), ('model.dropout_rate', 1.0), ('sample.top_k', -1)])
+def test_bad_settings_are_refused_before_training(tiny_config, trained_workdir, tmp_path,
+                                                  field, value):
+    """Checked at start-up, before a step: max_to_keep=0 would delete every checkpoint, and
+    a bad sample setting used to fail only at the first evaluation, before its save."""
+    workdir = tmp_path / 'run'
+    shutil.copytree(trained_workdir, workdir)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob('*'))
+    section, _, key = field.rpartition('.')
+    (tiny_config[section] if section else tiny_config)[key] = value
+    with pytest.raises(CharLMError, match=key):
+        train.train_and_evaluate(tiny_config, str(workdir))
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob('*')) == before
 
 
 def test_state_is_float32(tiny_config):
