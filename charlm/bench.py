@@ -97,6 +97,9 @@ def bench_charlm(config: ml_collections.ConfigDict, *, steps: int = 20, repeats:
     if steps < 1 or repeats < 1 or warmup_steps < 0:
         raise CharLMError(f'need steps >= 1, repeats >= 1, warmup_steps >= 0; got {steps}, '
                           f'{repeats}, {warmup_steps}')
+    if sample and (sample_length < 1 or min(sample_streams, default=1) < 1):
+        raise CharLMError(f'need sample_length >= 1 and sample_streams >= 1; got '
+                          f'{sample_length}, {",".join(map(str, sample_streams))}')
     entered_s = seconds_since_process_start()
     tokens, vocab, source = _tokens(config, vocab_size, corpus)
     seq_len, batch_size = config.data.seq_len, config.batch_size
@@ -363,6 +366,7 @@ def main(argv):
     except ValueError:
         raise CharLMError(f'--sample_streams must be integers, got {FLAGS.sample_streams}'
                           ) from None
+    json_path = FLAGS.json and cli.check_output(FLAGS.json, flag='--json')
     result = run(FLAGS.config, steps=FLAGS.steps, repeats=FLAGS.repeats,
                  warmup_steps=FLAGS.warmup_steps, sample=FLAGS.sample, sample_streams=streams,
                  sample_length=FLAGS.sample_length, vocab_size=FLAGS.vocab_size,
@@ -370,10 +374,11 @@ def main(argv):
                  torch_threads=FLAGS.torch_threads)
     result['command'] = ' '.join(['python -m charlm.bench'] + sys.argv[1:])
     print(table(result), flush=True)
-    if FLAGS.json:
-        path = pathlib.Path(FLAGS.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + '\n', encoding='utf-8')
+    if json_path:
+        try:
+            json_path.write_text(json.dumps(result, indent=2) + '\n', encoding='utf-8')
+        except OSError as e:
+            raise CharLMError(f'cannot write --json={FLAGS.json}: {e.strerror}') from None
 
 
 if __name__ == '__main__':

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import os
+import pathlib
+import re
 import sys
+from collections.abc import Collection, Iterable
 
 from absl import flags, logging
+from ml_collections import ConfigDict
 
 from charlm.errors import CharLMError
 
@@ -80,9 +86,90 @@ def parse_flags(argv: list[str]) -> list[str]:
             flags.FLAGS.config.keys()
     except flags.Error as e:
         fail(_one_line(e.__cause__ or e).replace('flag --', '--'))
-    except (KeyError, AttributeError, OSError, ValueError, TypeError, SyntaxError) as e:
+    except (KeyError, AttributeError, TypeError, IndexError) as e:  # how a missing key shows
+        fail(_unknown_override(argv) or _one_line(e))
+    except (OSError, ValueError, SyntaxError) as e:
         fail(_one_line(e))
     return rest
+
+
+def unknown_config_key(config: ConfigDict, keys: Iterable[str]) -> str | None:
+    """What is wrong with the first of the dotted `keys` that `config` lacks; None if none."""
+    for key in keys:
+        if '[' in key:  # an index into a list: left to ml_collections
+            continue
+        node, path, fixed = config, [], ''
+        for name in key.split('.'):
+            where = '.'.join(path) or 'the config'
+            if not isinstance(node, ConfigDict):
+                return (f'unknown config key {key}: {fixed}{where} is a value ({node!r}), '
+                        'not a section')
+            if name not in node:
+                close = difflib.get_close_matches(name, list(node.keys()), n=1)
+                if not close:
+                    return (f'unknown config key {key}: {fixed}{where} has no {name} '
+                            f'(its keys: {", ".join(node.keys())})')
+                name = close[0]
+                fixed = f'did you mean {".".join([*path, name])}? '
+            node = node[name]
+            path.append(name)
+        if fixed:
+            return f'unknown config key {key}: did you mean {".".join(path)}?'
+    return None
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """unknown_config_key for argv's --config.KEY overrides, on the config loaded afresh.
+
+    ml_collections says only the missing name, or not even that (a str indexed by a key).
+    """
+    if 'config' not in flags.FLAGS:
+        return None
+    argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+    source, keys = None, []
+    for i, arg in enumerate(argv):
+        if m := re.match(r'--?config(?:=(.*))?$', arg):
+            source = m[1] if m[1] is not None else (argv[i + 1:] or [None])[0]
+        elif m := re.match(r'--?(?:no)?config\.([^=]+)', arg):
+            keys.append(m[1])
+    if source is None or not keys:
+        return None
+    try:
+        config = flags.FLAGS['config'].parser.parse(source)
+    except Exception:  # the config file itself is broken: the original error says how
+        return None
+    return unknown_config_key(config, keys) if isinstance(config, ConfigDict) else None
+
+
+def figure_formats() -> list[str]:
+    """The file name endings matplotlib writes figures as: png, pdf, svg, ..."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_output(path: str, suffixes: Collection[str] | None = None, flag: str = '--out'
+                 ) -> pathlib.Path:
+    """The file `path` names, checked before any work: that it can be written.
+
+    It must end in one of `suffixes` (without dots; None: any name) and not be a
+    directory or a read-only file, in a directory that exists and is writable.
+    """
+    p = pathlib.Path(path).expanduser()
+    where = f'cannot write {flag}={path}'
+    if p.is_dir():
+        raise CharLMError(f'{where}: it is a directory (name a file)')
+    if suffixes is not None and p.suffix[1:].lower() not in suffixes:
+        raise CharLMError(f'{where}: name a file ending in '
+                          f'{", ".join("." + s for s in suffixes)}')
+    if not p.parent.is_dir():
+        raise CharLMError(f'{where}: ' + (f'{p.parent} is not a directory' if p.parent.exists()
+                                          else f'no directory {p.parent}'))
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise CharLMError(f'{where}: {p.parent} is not writable')
+    if p.exists() and not os.access(p, os.W_OK):
+        raise CharLMError(f'{where}: the file is read-only')
+    return p
 
 
 def one_line_errors(main=None, *, positional: bool = False):

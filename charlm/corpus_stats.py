@@ -43,15 +43,14 @@ def corpus_stats(config: ml_collections.ConfigDict, top: int = 30) -> dict[str, 
         'distinct_words': len(set(words)),
         'split_characters': {k: len(v) for k, v in splits.items()},
     }
+    tok = tokenizers.build(d.tokenizer, text, d.max_vocab, d.min_count, d.lowercase)
+    stats['vocab_size'] = tok.vocab_size
     if d.tokenizer == 'char':
         counts = collections.Counter(text)
-        stats['vocab_size'] = stats['distinct_characters']
         stats['unk_share'] = 0.0
         total = len(text)
     else:
-        tok = tokenizers.build('word', text, d.max_vocab, d.min_count, d.lowercase)
         counts = collections.Counter(words)
-        stats['vocab_size'] = tok.vocab_size
         total = len(words)
         stats['unk_share'] = sum(n for w, n in counts.items() if w not in tok.stoi) / total
     stats['tokens'] = total
@@ -126,7 +125,8 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                     lock_config=True)
     flags.DEFINE_integer('top', 30, 'How many of the most frequent tokens to list and draw.')
-    flags.DEFINE_string('out', None, 'The bar chart PNG to write (none if unset).')
+    flags.DEFINE_string('out', None, 'The bar chart to write (.png, .pdf, .svg, ...; none if '
+                        'unset).')
     flags.mark_flags_as_required(['config'])
 
 
@@ -134,10 +134,11 @@ def define_flags() -> None:
 def main(argv):
     if FLAGS.top <= 0:
         raise CharLMError(f'--top={FLAGS.top}: need at least 1')
+    out = FLAGS.out and str(cli.check_output(FLAGS.out, cli.figure_formats()))
     stats = corpus_stats(FLAGS.config, FLAGS.top)
     print(report(stats))
-    if FLAGS.out:
-        print(f'wrote {draw(stats, FLAGS.out)}')
+    if out:
+        print(f'wrote {draw(stats, out)}')
 
 
 if __name__ == '__main__':

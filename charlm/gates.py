@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import linen as nn
 
-from charlm import cli
+from charlm import cli, plot
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -160,9 +160,7 @@ def draw(acts: dict[str, np.ndarray], labels: list[str], units: int, out: str,
     if not words:  # the same characters above the first panel, to read without scrolling
         axes[0, 0].tick_params(axis='x', labeltop=True, top=True)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    plot.save_figure(fig, out)
 
 
 def unescape(text: str) -> str:
@@ -172,9 +170,14 @@ def unescape(text: str) -> str:
 
 def gates(workdir: str, text: str, out: str, layer: int = 0, units: int = 16,
           step: int | None = None, max_tokens: int = 200) -> dict[str, np.ndarray]:
-    """Restores the checkpoint, captures layer `layer` on `text` and writes the PNG."""
+    """Restores the checkpoint, captures layer `layer` on `text` and writes the figure."""
     from charlm import evaluate
 
+    out = str(cli.check_output(out, cli.figure_formats()))
+    if units < 0:
+        raise CharLMError(f'--units={units}: need 0 (all) or more')
+    if max_tokens < 1:
+        raise CharLMError(f'--max_tokens={max_tokens}: need at least 1')
     run = evaluate.read_run(workdir, step)
     check_cell(run.config.model.cell)  # errors first, before the slow restore
     tok = run.tokenizer
@@ -195,10 +198,10 @@ def gates(workdir: str, text: str, out: str, layer: int = 0, units: int = 16,
         logging.warning('the stepped cells reproduce the model\'s logits only to %.2g: the '
                         'model has changed in a way charlm.gates does not follow', diff)
     m = restored.model
+    size = m.hidden_sizes[layer]
     title = (f'{m.cell.upper()} layer {layer} of {len(m.hidden_sizes)} '
-             f'({m.hidden_sizes[layer]} units, first {min(units, m.hidden_sizes[layer])} shown)'
+             f'({size} units, first {min(units or size, size)} shown)'
              f' - {pathlib.Path(workdir).name}, step {restored.step}')
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     draw(acts, token_labels(tok, ids), units, out, title)
     return acts
 
@@ -218,7 +221,7 @@ def define_flags() -> None:
     flags.DEFINE_integer('units', 16, 'Show the first N units (0 = all).')
     flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best checkpoint).')
     flags.DEFINE_integer('max_tokens', 200, 'Columns at most; a longer text is cut.')
-    flags.DEFINE_string('out', 'gates.png', 'The PNG to write.')
+    flags.DEFINE_string('out', 'gates.png', 'The figure to write: .png, .pdf, .svg, ...')
     flags.mark_flags_as_required(['workdir'])
 
 

@@ -47,6 +47,7 @@ def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
 
     if not workdirs:
         raise CharLMError('no workdir given: --workdir=DIR [DIR ...]')
+    out = str(cli.check_output(out, cli.figure_formats()))
     runs = read_runs(workdirs)
     fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
@@ -73,13 +74,16 @@ def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
 
 
 def save_figure(fig, out: str) -> str:
-    """Lays out, writes (making the folder) and closes a figure; returns the path."""
+    """Lays out, writes and closes a figure; returns `out` (checked with cli.check_output)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as e:
+        raise CharLMError(f'cannot write {out}: {e.strerror}') from None
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -92,7 +96,8 @@ def define_flags() -> None:
     """Only when run as a command: importing this module defines no flags."""
     flags.DEFINE_multi_string('workdir', None, 'A training workdir; repeat it, or list more '
                               'directories after it, to compare runs.')
-    flags.DEFINE_string('out', 'curves.png', 'The PNG to write.')
+    flags.DEFINE_string('out', 'curves.png', 'The figure to write: a file (not a directory) '
+                        'ending in .png, .pdf, .svg or another format matplotlib writes.')
     flags.DEFINE_string('title', None, 'Figure title.')
     flags.mark_flags_as_required(['workdir'])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pathlib
 import sys
 import warnings
@@ -41,7 +42,8 @@ flags.DEFINE_integer('num_samples', 1, 'Independent samples (per temperature), m
 flags.DEFINE_integer('seed', 0, 'Same seed, same samples.')
 flags.DEFINE_integer('step', None, 'Sample from this step of WORKDIR/checkpoints instead of '
                      'the best checkpoint.')
-flags.DEFINE_string('output', None, 'Also write the samples (as printed) to this file.')
+flags.DEFINE_string('output', None, 'Also write the samples (as printed) to this file, once '
+                    'they are all made (until then an existing file is left as it was).')
 flags.DEFINE_integer('chunk', sampler.CHUNK, 'Tokens per compiled call: output appears in '
                      'pieces of this size.')
 flags.mark_flags_as_required(['workdir'])
@@ -137,12 +139,12 @@ def run(workdir: str, prompt: str = '', length: int = 500,
     a header when there is more than one.
     """
     temps = sampler.temperatures(temperature)
-    sampler.check_options(length, temps, top_k, top_p, num_samples)
     if chunk <= 0:
-        raise CharLMError(f'chunk must be positive, got {chunk}')
+        raise CharLMError(f'--chunk must be positive, got {chunk}')
     saved = find(workdir, step)
     tokenizer, model = saved.tokenizer, saved.model
-    sampler.check_options(length, temps, top_k, top_p, num_samples, tokenizer.vocab_size)
+    sampler.check_options(length, temps, top_k, top_p, num_samples, tokenizer.vocab_size,
+                          prefix='--')
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         prompt_ids = sampler.encode_prompt(tokenizer, prompt, start, warn=True)
@@ -178,43 +180,60 @@ def run(workdir: str, prompt: str = '', length: int = 500,
 
 
 class Tee:
-    """Writes to stdout and, if given, a file: --output gets what is printed, as printed."""
+    """Writes to stdout and, if given, a file: --output gets what is printed, as printed.
 
-    def __init__(self, file: TextIO | None = None):
-        self.file = file
+    The file is opened at the first write (after every check and the restore) under a
+    temporary name beside `path`, and renamed over `path` when the `with` block ends
+    without an error: an existing file is replaced by a whole one or left as it was.
+    """
+
+    def __init__(self, path: pathlib.Path | None = None):
+        self.path, self.file = path, None
+        self.tmp = path and path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+
+    def __enter__(self) -> Tee:
+        return self
+
+    def __exit__(self, error, *_) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.close()
+            if error is None:
+                os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise CharLMError(f'cannot write {self.path}: {e.strerror}') from None
+        finally:
+            self.tmp.unlink(missing_ok=True)  # gone once renamed
 
     def write(self, s: str) -> None:
         sys.stdout.write(s)
-        if self.file is not None:
+        if self.path is None:
+            return
+        try:
+            if self.file is None:
+                self.file = open(self.tmp, 'w', encoding='utf-8')
             self.file.write(s)
+        except OSError as e:
+            raise CharLMError(f'cannot write {self.path}: {e.strerror}') from None
 
     def flush(self) -> None:
         sys.stdout.flush()
-        if self.file is not None:
-            self.file.flush()
 
 
 @cli.one_line_errors
 def main(argv):
     temps = parse_temperatures(FLAGS.temperature)
-    output = None
-    if FLAGS.output:
-        try:
-            output = open(pathlib.Path(FLAGS.output).expanduser(), 'w', encoding='utf-8')
-        except OSError as e:
-            raise CharLMError(f'cannot write --output={FLAGS.output}: {e.strerror}') from None
+    output = cli.check_output(FLAGS.output, flag='--output') if FLAGS.output else None
     try:
-        run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, FLAGS.top_k, FLAGS.top_p,
-            FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk,
-            out=Tee(output))
-    except KeyboardInterrupt:  # Ctrl-C while text streams: stop quietly
+        with Tee(output) as out:
+            run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, FLAGS.top_k, FLAGS.top_p,
+                FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk, out=out)
+    except KeyboardInterrupt:  # Ctrl-C while text streams: stop quietly, --output untouched
         print(file=sys.stderr)
         sys.exit(130)
-    finally:
-        if output is not None:
-            output.close()
     if output is not None:
-        logging.info('samples written to %s', FLAGS.output)
+        logging.info('samples written to %s', output)
 
 
 if __name__ == '__main__':

@@ -163,20 +163,24 @@ def temperatures(temperature: float | Sequence[float]) -> tuple[float, ...]:
 
 
 def check_options(length: int, temperature: float | Sequence[float], top_k: int, top_p: float,
-                  num_samples: int, vocab_size: int | None = None) -> None:
-    """Raises CharLMError for a setting the sampler cannot honour (vocab_size None: unchecked)."""
+                  num_samples: int, vocab_size: int | None = None, *, prefix: str = '') -> None:
+    """Raises CharLMError for a setting the sampler cannot honour (vocab_size None: unchecked).
+
+    `prefix` comes before each setting's name in the message: '--' for command-line flags.
+    """
     if length <= 0:
-        raise CharLMError(f'length must be positive, got {length}')
+        raise CharLMError(f'{prefix}length must be positive, got {length}')
     if num_samples <= 0:
-        raise CharLMError(f'num_samples must be positive, got {num_samples}')
+        raise CharLMError(f'{prefix}num_samples must be positive, got {num_samples}')
     for t in temperatures(temperature):
         if not 0 <= t < math.inf:
-            raise CharLMError(f'temperature must be a number >= 0 (0 = greedy), got {t:g}')
+            raise CharLMError(f'{prefix}temperature must be a number >= 0 (0 = greedy), got {t:g}')
     if top_k < 0 or (vocab_size is not None and top_k > vocab_size):
-        upper = f' and the vocabulary size {vocab_size}' if vocab_size is not None else ''
-        raise CharLMError(f'top_k must be between 0 (off){upper}, got {top_k}')
+        bounds = ('>= 0 (0 = off)' if vocab_size is None else
+                  f'in [0, {vocab_size}] (0 = off; {vocab_size} = the vocabulary size)')
+        raise CharLMError(f'{prefix}top_k must be {bounds}, got {top_k}')
     if not 0 < top_p <= 1:
-        raise CharLMError(f'top_p must be in (0, 1] (1 = off), got {top_p:g}')
+        raise CharLMError(f'{prefix}top_p must be in (0, 1] (1 = off), got {top_p:g}')
 
 
 def _chunks(length: int, chunk: int) -> tuple[int, int]:

@@ -4,6 +4,7 @@ import math
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from charlm import bench, train
 from charlm import model as model_lib
@@ -45,6 +46,19 @@ def test_random_tokens_unless_a_corpus_file_is_named(tiny_config):
 def test_bad_counts_are_one_line_errors(tiny_config):
     with pytest.raises(CharLMError, match='repeats >= 1'):
         bench.run(tiny_config, steps=1, repeats=0)
+
+
+def test_bad_sample_settings_fail_before_timing(tiny_config, monkeypatch):
+    monkeypatch.setattr(train, 'make_model', None)  # were anything timed, this would fail
+    for kw in (dict(sample_streams=(1, 0)), dict(sample_length=0)):
+        with pytest.raises(CharLMError, match='need sample_length >= 1 and sample_streams >= 1'):
+            bench.run(tiny_config, sample=True, **kw)
+
+
+def test_unwritable_json_fails_before_the_benchmark(tmp_path):
+    proc = run_cli('charlm.bench', '--config=configs/tiny.py', f'--json={tmp_path}/nope/b.json')
+    assert_one_line_error(proc, f'cannot write --json={tmp_path}/nope/b.json: no directory')
+    assert proc.stdout == '' and list(tmp_path.iterdir()) == []  # nothing was timed
 
 
 def test_torch_baseline_and_ratio(tiny_config):

@@ -1,4 +1,4 @@
-"""cli: the host allocator set-up every command runs before JAX starts."""
+"""cli: the host allocator set-up, config key errors and output path checks."""
 
 import os
 import platform
@@ -6,6 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_one_line_error, run_cli
+
+from charlm import cli
+from charlm.errors import CharLMError
 
 # Mallocs, writes and frees a 64 MiB block twice; prints the page faults of the second time.
 _REUSE = """
@@ -40,3 +44,65 @@ def test_host_allocator_reuses_freed_blocks():
     assert _second_touch_faults('default') > 10_000
     # Tuned: the freed block is reused, no new pages.
     assert _second_touch_faults('tuned') < 1_000
+
+
+@pytest.mark.parametrize('key,match', [
+    ('model.hiden_size', 'unknown config key model.hiden_size: did you mean model.hidden_size?'),
+    ('modle.x', 'unknown config key modle.x: did you mean model? model has no x (its keys: cell, '),
+    ('modle.hiden_size', 'unknown config key modle.hiden_size: did you mean model.hidden_size?'),
+    ('modle', 'unknown config key modle: did you mean model?'),
+    ('zzz', 'unknown config key zzz: the config has no zzz (its keys: batch_size, '),
+    ('model.hidden_size.x', 'unknown config key model.hidden_size.x: model.hidden_size is a '
+                            'value (16), not a section'),
+])
+def test_unknown_config_key_names_the_whole_key(tiny_config, key, match):
+    assert cli.unknown_config_key(tiny_config, ['seed', 'model.hidden_size', key]).startswith(match)
+    assert cli.unknown_config_key(tiny_config, ['seed', 'data.path', 'model']) is None
+
+
+@pytest.mark.parametrize('arg,match', [
+    ('--config.model.hiden_size=3', 'unknown config key model.hiden_size: did you mean '
+                                    'model.hidden_size?'),
+    ('--config.modle.x=1', 'unknown config key modle.x: did you mean model? model has no x'),
+])
+def test_misspelt_config_key_is_one_clean_line(tmp_path, arg, match):
+    proc = run_cli('charlm.main', '--config=configs/tiny.py', f'--workdir={tmp_path}/w', arg)
+    assert_one_line_error(proc, match)
+    assert '\\n' not in proc.stderr and 'Did you mean' not in proc.stderr
+    assert not (tmp_path / 'w').exists()
+
+
+def test_check_output(tmp_path):
+    figures = cli.figure_formats()
+    assert {'png', 'pdf', 'svg'} <= set(figures)
+    assert cli.check_output(str(tmp_path / 'a.png'), figures) == tmp_path / 'a.png'
+    assert cli.check_output(str(tmp_path / 'a.PDF'), figures) == tmp_path / 'a.PDF'
+    assert cli.check_output(str(tmp_path / 'a.txt')) == tmp_path / 'a.txt'  # any name
+    (tmp_path / 'file').write_text('x')
+    for path, match in [
+        (tmp_path / 'a.xyz', r'cannot write --out=.*a\.xyz: name a file ending in .*\.png'),
+        (tmp_path / 'a', 'name a file ending in'),  # matplotlib would write a.png
+        (tmp_path, 'it is a directory'),
+        (tmp_path / 'nope' / 'a.png', f'no directory {tmp_path}/nope'),
+        (tmp_path / 'file' / 'a.png', f'{tmp_path}/file is not a directory'),
+    ]:
+        with pytest.raises(CharLMError, match=match):
+            cli.check_output(str(path), figures)
+    with pytest.raises(CharLMError, match='--json=/'):
+        cli.check_output('/', flag='--json')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file']  # nothing written
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes in read-only directories')
+def test_check_output_read_only(tmp_path):
+    (tmp_path / 'ro').mkdir()
+    (tmp_path / 'ro.png').write_text('x')
+    (tmp_path / 'ro.png').chmod(0o444)
+    (tmp_path / 'ro').chmod(0o555)
+    try:
+        with pytest.raises(CharLMError, match='is not writable'):
+            cli.check_output(str(tmp_path / 'ro' / 'a.png'))
+        with pytest.raises(CharLMError, match='the file is read-only'):
+            cli.check_output(str(tmp_path / 'ro.png'))
+    finally:
+        (tmp_path / 'ro').chmod(0o755)

@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from charlm import corpus_stats
+from charlm.errors import CharLMError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -53,3 +55,16 @@ def test_command_line_with_a_config_override(corpus_file, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'most frequent characters' in proc.stdout and '␣' in proc.stdout
     assert (tmp_path / 'c.png').stat().st_size > 10_000
+
+
+def test_unknown_tokenizer_is_an_error(tiny_config):
+    tiny_config.data.tokenizer = 'bpe'  # was counted as words
+    with pytest.raises(CharLMError, match="unknown tokenizer 'bpe'"):
+        corpus_stats.corpus_stats(tiny_config)
+
+
+def test_out_is_checked_before_the_corpus_is_read(corpus_file, tmp_path):
+    proc = run_cli('charlm.corpus_stats', '--config=configs/tiny.py',
+                   f'--config.data.path={corpus_file}', f'--out={tmp_path}/c.xyz')
+    assert_one_line_error(proc, f'cannot write --out={tmp_path}/c.xyz: name a file ending in')
+    assert proc.stdout == ''  # no report: nothing was counted

@@ -126,6 +126,20 @@ def test_png_from_a_checkpoint(tiny_config, tmp_path):
         gates.gates(str(tmp_path), 'we', str(out))
 
 
+def test_out_units_and_max_tokens_are_checked_first(tiny_config, tmp_path):
+    _save_checkpoint(tmp_path / 'run', tiny_config, 'First Citizen:')
+    good = str(tmp_path / 'g.png')
+    for kwargs, match in [(dict(out=str(tmp_path / 'g.xyz')), 'name a file ending in .*png'),
+                          (dict(out=str(tmp_path)), 'it is a directory'),
+                          (dict(out=str(tmp_path / 'nope' / 'g.png')), 'no directory'),
+                          (dict(units=-1), '--units=-1: need 0 .all. or more'),
+                          (dict(max_tokens=0), '--max_tokens=0: need at least 1'),
+                          (dict(max_tokens=-1), '--max_tokens=-1: need at least 1')]:
+        with pytest.raises(CharLMError, match=match):
+            gates.gates(str(tmp_path / 'run'), 'First', **(dict(out=good) | kwargs))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['corpus.txt', 'run']  # nothing new
+
+
 def run(*args, timeout=120):
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
                JAX_PLATFORMS='cpu')

@@ -8,7 +8,8 @@ from charlm import checkpointing, train
 
 
 @pytest.mark.parametrize('args,match', [
-    (['--config.modle.hidden_size=3'], "unknown config key 'modle'"),
+    (['--config.modle.hidden_size=3'],
+     'unknown config key modle.hidden_size: did you mean model.hidden_size?'),
     (['--config.model.hidden_size=abc'], 'hidden_size=abc'),
     (['--config.data.path=/no/such/file.txt'], 'corpus file not found'),
     (['--config.model.cell=transformer'], 'unknown model.cell'),

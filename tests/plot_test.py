@@ -46,6 +46,17 @@ def test_a_directory_without_curves_is_an_error(tmp_path):
         plot.read_runs([str(tmp_path / 'nope')])
 
 
+def test_out_is_checked_before_any_work(tmp_path):
+    _fake_run(tmp_path / 'a', 1.0)
+    for out, match in [(tmp_path / 'c.xyz', r'cannot write --out=.*c\.xyz: name a file ending in'),
+                       (tmp_path / 'c', 'name a file ending in'),  # matplotlib adds .png
+                       (tmp_path / 'a', 'it is a directory'),  # it wrote a.png beside it
+                       (tmp_path / 'nope' / 'c.png', 'no directory')]:
+        with pytest.raises(CharLMError, match=match):
+            plot.plot_runs([str(tmp_path / 'a')], str(out))
+    assert [p.name for p in tmp_path.iterdir()] == ['a'] and len(os.listdir(tmp_path / 'a')) == 1
+
+
 def run(*args):
     env = dict(os.environ, JAX_PLATFORMS='cpu')
     return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,

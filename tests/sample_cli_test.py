@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from charlm import checkpointing, sample, tokenizers, train
+from charlm import checkpointing, sample, sampler, tokenizers, train
 from configs import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -123,17 +123,43 @@ def test_word_model_warns_about_unknown_words(tmp_path, caplog):
     (['--prompt=', '--start=%'], "the start text '%' has characters not in the vocabulary"),
     (['--temperature=-0.5'], 'temperature must be a number >= 0'),
     (['--temperature=1,hot'], '--temperature must be numbers'),
-    (['--top_k=-1'], 'top_k must be between 0'),
-    (['--top_k=1000'], 'top_k must be between 0 (off) and the vocabulary size'),
-    (['--top_p=0'], 'top_p must be in (0, 1]'),
-    (['--top_p=1.01'], 'top_p must be in (0, 1]'),
-    (['--length=0'], 'length must be positive'),
-    (['--num_samples=0'], 'num_samples must be positive'),
+    (['--top_k=-1'], '--top_k must be in [0, 34] (0 = off; 34 = the vocabulary size), got -1'),
+    (['--top_k=1000'], '--top_k must be in [0, 34] (0 = off; 34 = the vocabulary size), got 1000'),
+    (['--top_p=0'], '--top_p must be in (0, 1]'),
+    (['--top_p=1.01'], '--top_p must be in (0, 1]'),
+    (['--length=0'], '--length must be positive'),
+    (['--num_samples=0'], '--num_samples must be positive'),
     (['--step=7'], 'no checkpoint at step 7'),
     (['--output=/no/such/dir/out.txt'], 'cannot write --output=/no/such/dir/out.txt'),
 ])
-def test_bad_input_is_one_line(workdir, args, match):
-    assert_one_line_error(run(f'--workdir={workdir}', '--length=5', *args), match)
+def test_bad_input_is_one_line_and_leaves_the_output_file(workdir, tmp_path, args, match):
+    kept = tmp_path / 'kept.txt'
+    kept.write_text('the samples of yesterday\n', encoding='utf-8')
+    # A later --output (in args) replaces this one; either way the file must survive.
+    proc = run(f'--workdir={workdir}', '--length=5', f'--output={kept}', *args)
+    assert_one_line_error(proc, match)
+    assert kept.read_text(encoding='utf-8') == 'the samples of yesterday\n'
+    assert list(tmp_path.iterdir()) == [kept]  # no temporary file left beside it
+
+
+def test_output_is_replaced_only_by_a_whole_file(workdir, tmp_path, monkeypatch):
+    out = tmp_path / 'out.txt'
+    out.write_text('kept\n', encoding='utf-8')
+    real_stream = sampler.stream
+
+    def fails_midway(*args, **kwargs):
+        yield next(real_stream(*args, **kwargs))
+        raise RuntimeError('the sampler failed')
+
+    monkeypatch.setattr(sampler, 'stream', fails_midway)
+    with pytest.raises(RuntimeError, match='the sampler failed'), sample.Tee(out) as tee:
+        sample.run(str(workdir), 'JULIET:', length=20, chunk=6, out=tee)
+    assert out.read_text(encoding='utf-8') == 'kept\n' and list(tmp_path.iterdir()) == [out]
+    monkeypatch.undo()
+    with sample.Tee(out) as tee:
+        texts = sample.run(str(workdir), 'JULIET:', length=20, chunk=6, out=tee)
+    assert out.read_text(encoding='utf-8') == texts[0] + '\n'
+    assert list(tmp_path.iterdir()) == [out]
 
 
 def test_no_checkpoint(tmp_path):

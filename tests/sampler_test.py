@@ -232,8 +232,8 @@ def test_prompts_and_start_text(lm):
     (dict(num_samples=0), 'num_samples must be positive'),
     (dict(temperature=-0.1), 'temperature must be a number >= 0'),
     (dict(temperature=(1.0, float('nan'))), 'temperature must be'),
-    (dict(top_k=-1), 'top_k must be between 0'),
-    (dict(top_k=V + 1), f'vocabulary size {V}'),
+    (dict(top_k=-1), rf'top_k must be in \[0, {V}\] \(0 = off; {V} = the vocabulary size\)'),
+    (dict(top_k=V + 1), rf'top_k must be in \[0, {V}\] .*, got {V + 1}'),
     (dict(top_p=0.0), r'top_p must be in \(0, 1\]'),
     (dict(top_p=1.5), 'top_p must be'),
 ])
@@ -243,6 +243,17 @@ def test_bad_options(lm, kwargs, match):
     length = args.pop('length')
     with pytest.raises(CharLMError, match=match):
         sampler.sample_ids(m, params, PROMPT, length, jax.random.key(0), **args)
+
+
+def test_check_options_names_the_bounds_and_the_flag():
+    sampler.check_options(5, 1.0, 13, 1.0, 1, vocab_size=13)  # top_k = V keeps every token
+    with pytest.raises(CharLMError, match=r'^top_k must be >= 0 \(0 = off\), got -1$'):
+        sampler.check_options(5, 1.0, -1, 1.0, 1)
+    with pytest.raises(CharLMError, match=r'^--top_k must be in \[0, 65\] \(0 = off; 65 = the '
+                       r'vocabulary size\), got 100$'):
+        sampler.check_options(5, 1.0, 100, 1.0, 1, vocab_size=65, prefix='--')
+    with pytest.raises(CharLMError, match='^--length must be positive'):
+        sampler.check_options(0, 1.0, 0, 1.0, 1, prefix='--')
 
 
 def test_greedy_makes_no_random_numbers(lm):
