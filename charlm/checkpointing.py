@@ -4,17 +4,22 @@
   WORKDIR/best/STEP/         the one with the lowest validation loss, never deleted
 
 Each save holds 'state' (host arrays, device-count independent), 'tokenizer' and
-'config' (JSON), and 'meta' (JSON: validation history for best/early stopping). Orbax
-writes a save to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoints as they were and is never restored from half
-a save.
+'config' (JSON), 'meta' (JSON: validation history for best/early stopping) and
+'integrity' (JSON: a CRC32 of every saved array, checked at restore, since orbax keeps no
+checksum and damaged bytes would otherwise restore silently). Orbax writes a save to a
+temporary directory and renames it when complete, so a run killed mid-save leaves the
+previous checkpoints as they were and is never restored from half a save. Only the
+training run (which holds the workdir) removes such leftovers: a reader (sample,
+evaluate) must not delete a save in progress.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
+import zlib
 from typing import Any
 
 import jax
@@ -23,7 +28,30 @@ import orbax.checkpoint as ocp
 
 from charlm.errors import CharLMError
 
-_ITEMS = ('state', 'tokenizer', 'config', 'meta')
+_ITEMS = ('state', 'tokenizer', 'config', 'meta', 'integrity')
+
+
+class DamagedCheckpoint(CharLMError):
+    """A save whose arrays or JSON do not read back as written."""
+
+
+class CheckpointRemoved(CharLMError):
+    """A save that the run training the workdir deleted while it was being read."""
+
+
+def checksums(state: Any, dtypes: dict[str, str] | None = None) -> dict[str, list]:
+    """[CRC32 of the bytes, dtype] of each array, keyed by its path in the state tree.
+
+    `dtypes`: the saved dtypes, to checksum a restored leaf as it was saved (a target may
+    restore the int32 step as int64).
+    """
+    out = {}
+    for k, v in jax.tree_util.tree_leaves_with_path(state):
+        key, v = jax.tree_util.keystr(k), np.asarray(v)
+        if dtypes and key in dtypes:
+            v = v.astype(dtypes[key])
+        out[key] = [zlib.crc32(np.ascontiguousarray(v).tobytes()), str(v.dtype)]
+    return out
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int, create: bool) -> ocp.CheckpointManager:
@@ -31,7 +59,9 @@ def _manager(directory: pathlib.Path, max_to_keep: int, create: bool) -> ocp.Che
     # barriers need distinct names (orbax keys them by step alone).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, enable_async_checkpointing=True,
-        cleanup_tmp_directories=True,  # a save killed midway is removed at the next start
+        # A save killed midway is removed when training starts again; readers leave the
+        # temporary directory of a save in progress alone.
+        cleanup_tmp_directories=create,
         multiprocessing_options=ocp.options.MultiprocessingOptions(
             barrier_sync_key_prefix=directory.name))
     return ocp.CheckpointManager(directory, options=options)
@@ -44,6 +74,7 @@ class Checkpoints:
         self.workdir = pathlib.Path(workdir).absolute()
         self.latest = _manager(self.workdir / 'checkpoints', max_to_keep, create)
         self.best = _manager(self.workdir / 'best', 1, create)
+        self._in_flight = None  # the step of the last save started
 
     def _which(self, best: bool) -> ocp.CheckpointManager:
         return self.best if best else self.latest
@@ -54,11 +85,25 @@ class Checkpoints:
     def save(self, step: int, state: Any, tokenizer: dict, config: dict, meta: dict,
              best: bool = False) -> None:
         """Saves host copies asynchronously; the caller may donate `state` right after."""
+        self.wait()  # orbax waits for the save before anyway; here its failure is named
         host_state = jax.device_get(state)
+        mngr = self._which(best)
+        need = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state)) + (1 << 20)
+        free = shutil.disk_usage(self.workdir).free
+        if free < need:  # refuse before writing: every earlier save stays intact
+            raise CharLMError(f'the disk of workdir {self.workdir} is full ({free >> 10} KiB '
+                              f'free, a checkpoint needs {need >> 10} KiB): the run stopped '
+                              f'before saving step {step}; every earlier checkpoint is intact: '
+                              'free some space and run the same command to resume')
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(host_state), tokenizer=ocp.args.JsonSave(tokenizer),
-            config=ocp.args.JsonSave(config), meta=ocp.args.JsonSave(meta))
-        self._which(best).save(step, args=args, force=True)
+            config=ocp.args.JsonSave(config), meta=ocp.args.JsonSave(meta),
+            integrity=ocp.args.JsonSave({'crc32': checksums(host_state)}))
+        try:
+            mngr.save(step, args=args, force=True)
+        except Exception as e:
+            raise self._save_error(e, step) from None
+        self._in_flight = step
 
     def read_json(self, step: int | None = None, best: bool = False) -> dict[str, dict]:
         """The tokenizer, config and meta of a checkpoint, without its arrays."""
@@ -71,7 +116,7 @@ class Checkpoints:
                 tokenizer=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore()))
         except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise CharLMError(f'checkpoint {mngr.directory}/{step} is unreadable '
+            raise DamagedCheckpoint(f'checkpoint {mngr.directory}/{step} is unreadable '
                               f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
         return {k: out[k] for k in ('tokenizer', 'config', 'meta')}
 
@@ -83,15 +128,64 @@ class Checkpoints:
             raise CharLMError(f'no checkpoint in {mngr.directory}')
         abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), target)
         _ignore_late_reads()
+        where = f'{mngr.directory}/{step}'
         try:
             out = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract)))
         except Exception as e:  # orbax raises many types for a damaged or mismatched save
-            raise CharLMError(
-                f'cannot restore checkpoint {mngr.directory}/{step}: it is damaged or was '
+            mngr.reload()
+            steps = mngr.all_steps()
+            if step not in steps or (isinstance(e, FileNotFoundError) and max(steps) > step):
+                raise CheckpointRemoved(f'checkpoint {where} was removed while it was read '
+                                        '(a run training this workdir keeps only the newest)'
+                                        ) from None
+            raise DamagedCheckpoint(
+                f'cannot restore checkpoint {where}: it is damaged or was '
                 f'written by a different model ({type(e).__name__}: '
                 f'{str(e).splitlines()[0][:200] if str(e) else ""})') from None
+        expected = self._checksums(step, best)
+        if expected is not None:
+            got = checksums(out['state'], {k: v[1] for k, v in expected.items()})
+            bad = [k for k, v in got.items() if expected.get(k) != v]
+            if bad:
+                raise DamagedCheckpoint(f'checkpoint {where} is damaged: {len(bad)} of its '
+                                        f'arrays do not match their checksum ({bad[0]} ...)')
         return out['state']
+
+    def _checksums(self, step: int, best: bool) -> dict[str, list] | None:
+        """The CRC32s recorded with a save; None for saves made before they were."""
+        mngr = self._which(best)
+        if not (mngr.directory / str(step) / 'integrity').exists():
+            return None
+        try:
+            out = mngr.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore()))
+            return {k: list(v) for k, v in out['integrity']['crc32'].items()}
+        except Exception as e:
+            raise DamagedCheckpoint(f'checkpoint {mngr.directory}/{step} is damaged: its '
+                                    f'checksums do not read ({type(e).__name__})') from None
+
+    def set_aside(self, step: int, best: bool = False) -> pathlib.Path:
+        """Moves a save out of the way (kept, never deleted) to WORKDIR/set_aside/: a damaged
+        one, or a best save newer than the step a run resumes from."""
+        mngr = self._which(best)
+        dest_dir = self.workdir / 'set_aside'
+        dest_dir.mkdir(exist_ok=True)
+        dest = dest_dir / f'{mngr.directory.name}-{step}'
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = dest_dir / f'{mngr.directory.name}-{step}-{n}'
+        shutil.move(str(mngr.directory / str(step)), dest)
+        mngr.reload()
+        return dest
+
+    def _save_error(self, e: Exception, step: int) -> CharLMError:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        full = 'No space left' in str(e) or getattr(e, 'errno', None) == 28
+        why = 'the disk is full' if full else f'{type(e).__name__}: {first}'
+        return CharLMError(f'could not write the checkpoint of step {step} to workdir '
+                           f'{self.workdir}: {why}; the run stopped; every earlier checkpoint '
+                           'is intact: fix that and run the same command to resume')
 
     def restore_state_raw(self, step: int | None = None, best: bool = False) -> Any:
         """The saved state as nested dicts of arrays, without a target (for inspection)."""
@@ -101,8 +195,12 @@ class Checkpoints:
             'state']
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        """Waits for the saves in flight; a failed one is a one-line error."""
+        try:
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(e, self._in_flight) from None
 
     def close(self) -> None:
         """Waits for orbax's temporary-directory cleanup thread, which close() does not:

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from charlm import checkpointing, cli, evaluate, metric_writer, plot, train
 from charlm import model as model_lib
+from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
 
 
@@ -113,7 +114,7 @@ def compare(config: ml_collections.ConfigDict, cells: list[str], out: str,
         raise CharLMError(f'--cells names a cell twice: {",".join(cells)}')
     if steps is not None and steps <= 0:
         raise CharLMError(f'--steps={steps}: need a positive number of steps')
-    out_dir = train.check_workdir(out)
+    out_dir = workdir_lib.check_workdir(out)
     rows = []
     for cell in cells:
         c = cell_config(config, cell, steps)

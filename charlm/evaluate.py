@@ -13,7 +13,6 @@ shared with the other analysis tools (charlm.gates).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import pathlib
@@ -134,12 +133,6 @@ def split_of(config: ml_collections.ConfigDict, split: str) -> str:
     return parts[split]
 
 
-@functools.lru_cache(maxsize=4)
-def _eval_fn(model: model_lib.RecurrentLM):
-    """One pmapped eval step per model, so scoring several texts compiles once."""
-    return train.parallel_steps(model).eval
-
-
 def score(restored: Restored, text: str) -> dict[str, Any]:
     """Loss per token (nats), bits per token and per character, perplexity, over `text`.
 
@@ -155,7 +148,7 @@ def score(restored: Restored, text: str) -> dict[str, Any]:
     n = jax.device_count()
     layout = data.Layout(max(config.eval_batch_size // n, 1) * n, n, jax.local_device_count(),
                          jax.process_index())
-    eval_fn = _eval_fn(restored.model)
+    eval_fn = train.parallel_steps(restored.model).eval  # cached: compiled once per model
     params = jax_utils.replicate(restored.params)
     chars = train.predicted_chars(tok, text)  # all but the first token's, as in training
     metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, chars,

@@ -11,12 +11,14 @@ from absl import logging
 class MetricWriter:
     """tensorboardX event files in `logdir`, written only by process 0."""
 
-    def __init__(self, logdir: str, enabled: bool | None = None):
+    def __init__(self, logdir: str, enabled: bool | None = None, purge_step: int | None = None):
+        """`purge_step`: a resumed run's first new step; TensorBoard (and read_scalars) then
+        hide what earlier event files logged from that step on (the killed run's tail)."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._writer = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
-            self._writer = SummaryWriter(logdir, flush_secs=30)
+            self._writer = SummaryWriter(logdir, flush_secs=30, purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer:
@@ -70,15 +72,19 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     """All scalars of the tensorboardX event files in `logdir`: tag -> [(step, value)].
 
     Reads the TFRecord framing directly, so no TensorFlow/TensorBoard install is needed.
-    A truncated last record (a killed run) is skipped.
+    A truncated last record (a killed run) is skipped. As in TensorBoard, a resumed run's
+    purge marker (a START event at step S) drops the values earlier files logged at steps
+    >= S, and a step logged twice keeps its newest value.
     """
     import pathlib
     import struct
 
     from tensorboardX.proto import event_pb2
 
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(pathlib.Path(logdir).glob('events.out.tfevents.*')):
+    out: dict[str, dict[int, float]] = {}
+    # File names start with the creation time, in seconds: equal ones sort by the rest.
+    for path in sorted(pathlib.Path(logdir).glob('events.out.tfevents.*'),
+                       key=lambda p: (p.name.split('.')[3], p.stat().st_mtime_ns, p.name)):
         buf = path.read_bytes()
         pos = 0
         while pos + 12 <= len(buf):
@@ -88,9 +94,11 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
             if len(record) < length:
                 break
             event = event_pb2.Event.FromString(record)
+            if event.HasField('session_log') and event.session_log.status == 1:  # START
+                for values in out.values():
+                    for s in [s for s in values if s >= event.step]:
+                        del values[s]
             for v in event.summary.value:
                 if v.HasField('simple_value'):
-                    out.setdefault(v.tag, []).append((event.step, v.simple_value))
-    for values in out.values():
-        values.sort()
-    return out
+                    out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return {tag: sorted(values.items()) for tag, values in out.items() if values}

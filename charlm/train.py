@@ -6,12 +6,12 @@ plain functions of (state, batch, key) that tests call with or without pmap.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
 import os
 import pathlib
-import shutil
 import signal
 import time
 from typing import Any
@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from charlm import checkpointing, data, metric_writer, tokenizers
 from charlm import model as model_lib
+from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
 
 LN2 = math.log(2.0)
@@ -150,7 +151,20 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step:
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     ckpts = checkpointing.Checkpoints(workdir, create=False)
     try:
-        return ckpts.restore_state(target, step, best=best).params
+        for _ in range(3):
+            try:
+                return ckpts.restore_state(target, step, best=best).params
+            except checkpointing.CheckpointRemoved as e:
+                # The run training this workdir replaced it (the best, or the oldest of
+                # the latest saves): read its successor, the newest of the same kind.
+                ckpts._which(best).reload()
+                newest = ckpts.latest_step(best)
+                if newest is None or newest == step:
+                    raise
+                logging.warning('%s; reading step %d instead', e, newest)
+                step = newest
+        raise checkpointing.CheckpointRemoved(f'the checkpoints of {workdir} change faster '
+                                              'than they can be read: try again')
     finally:
         ckpts.close()
 
@@ -199,16 +213,18 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, model, axis_na
     return state, {'nll_sum': nll_sum, 'count': count, 'grad_norm': grad_norm}
 
 
-def eval_step(params, batch: dict, carry=None, *, model, axis_name='batch'):
-    """Summed nll and target count of one [B, T] eval batch (weights mask the padding),
-    and the carry after it; carry=None starts from zeros."""
+def eval_step(params, batch: dict, carry=None, *, model):
+    """Summed nll and target count of one device's [B, T] eval batch (weights mask the
+    padding), and the carry after it; carry=None starts from zeros.
+
+    No collective: `evaluate` adds the sums on the host and combines processes once at the
+    end, so an evaluation of any length never has collectives in flight (hundreds of
+    pmapped psums dispatched back to back deadlocked two CPU processes).
+    """
     if carry is None:
         carry = model.init_carry(batch['inputs'].shape[0])
     carry, nll_BxT = _nll(model, params, carry, batch, False)
-    sums = ((nll_BxT * batch['weights']).sum(), batch['weights'].sum())
-    if axis_name is not None:
-        sums = jax.lax.psum(sums, axis_name)
-    return {'nll_sum': sums[0], 'count': sums[1]}, carry
+    return {'nll_sum': (nll_BxT * batch['weights']).sum(), 'count': batch['weights'].sum()}, carry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,12 +233,22 @@ class ParallelSteps:
     eval: Any
 
 
+@functools.lru_cache(maxsize=8)
 def parallel_steps(model) -> ParallelSteps:
-    """The pmapped steps: state donated, the train key broadcast to every device."""
+    """The pmapped steps: state donated, the train key broadcast to every device.
+
+    One pair per model (a hashable dataclass), so training the same model again in one
+    process (a notebook, resuming, the tests) reuses the compiled steps.
+    """
     return ParallelSteps(
         train=jax.pmap(functools.partial(train_step, model=model), axis_name='batch',
                        in_axes=(0, 0, None), donate_argnums=(0,)),
         eval=jax.pmap(functools.partial(eval_step, model=model), axis_name='batch'))
+
+
+# Dispatched steps a loop lets run ahead of the host before it waits for the oldest: enough
+# to keep the devices busy, and a bound on the collectives in flight across processes.
+MAX_IN_FLIGHT = 4
 
 
 # ------------------------------------------------------------------ data for a config
@@ -264,21 +290,26 @@ def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Lay
     """Exact loss over every target of `tokens`: nats/token, bits/char, perplexity.
 
     stateful=True reads the split as contiguous streams with the carry passed on (how a
-    stateful model is used); otherwise every window starts from a zero state.
+    stateful model is used); otherwise every window starts from a zero state. Every
+    process must call it (its sums are combined once, at the end).
     """
-    totals, carry = [], None
+    sums, carry, in_flight = np.zeros(2), None, collections.deque()
     if stateful:
         batches = data.stateful_eval_batches(tokens, seq_len, layout)
     else:
         batches = data.eval_batches(tokens, seq_len, layout)
     for b in batches:
         out, new_carry = eval_fn(params, b, carry)
-        totals.append(out)
+        in_flight.append(out)
+        if len(in_flight) > MAX_IN_FLIGHT:  # bounded look-ahead; float64 sums on the host
+            sums += _local_sums(in_flight.popleft())
         if stateful:
             carry = new_carry
-    totals = jax.device_get(totals)
-    nll = float(sum(np.asarray(t['nll_sum'], np.float64).reshape(-1)[0] for t in totals))
-    count = float(sum(np.asarray(t['count']).reshape(-1)[0] for t in totals))
+    while in_flight:
+        sums += _local_sums(in_flight.popleft())
+    if jax.process_count() > 1:
+        sums = _sum_over_processes(sums)
+    nll, count = float(sums[0]), float(sums[1])
     loss = nll / count
     # bits per character of the original text; for char models the two counts agree.
     per_char = nll / (chars if chars else count)
@@ -287,23 +318,23 @@ def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Lay
             'tokens': count}
 
 
+def _local_sums(out: dict) -> np.ndarray:
+    """[nll, count] of one eval batch over this process's devices, in float64."""
+    out = jax.device_get(out)
+    return np.array([np.asarray(out['nll_sum'], np.float64).sum(),
+                     np.asarray(out['count'], np.float64).sum()])
+
+
+def _sum_over_processes(x: np.ndarray) -> np.ndarray:
+    """Sums a float64 vector over processes with one gather, to float64 precision: JAX
+    gathers float32 (x64 is off), so each value travels as float32 high and low parts."""
+    hi = x.astype(np.float32)
+    lo = (x - hi).astype(np.float32)
+    parts = np.asarray(multihost_utils.process_allgather(np.stack([hi, lo])), np.float64)
+    return parts.sum(axis=(0, 1))
+
+
 # ------------------------------------------------------------------ the loop
-
-
-def check_workdir(workdir: str, min_free_bytes: int = 50 << 20) -> pathlib.Path:
-    """Fails at start-up, not after an hour, if checkpoints could not be written."""
-    path = pathlib.Path(workdir).expanduser().absolute()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f'.write-test-{os.getpid()}'
-        probe.write_bytes(b'x')
-        probe.unlink()
-    except OSError as e:
-        raise CharLMError(f'workdir {path} is not writable: {e.strerror}') from None
-    free = shutil.disk_usage(path).free
-    if free < min_free_bytes:
-        raise CharLMError(f'workdir {path} has only {free >> 20} MiB free; checkpoints need more')
-    return path
 
 
 def _model_fields(config) -> dict:
@@ -329,11 +360,16 @@ def check_same_model(saved: dict, config: ml_collections.ConfigDict, workdir) ->
 
 
 class _StopRequest:
-    """SIGTERM (preemption) or Ctrl-C: finish the step, checkpoint, exit cleanly."""
+    """SIGTERM (preemption) or Ctrl-C: finish the step, checkpoint, exit cleanly.
 
-    def __init__(self):
+    A second signal stops the process at once, with one line naming the newest complete
+    checkpoint; a save it cuts short is a temporary directory the next start removes.
+    """
+
+    def __init__(self, workdir: str = ''):
         self.signal = None
         self._old = {}
+        self._workdir = workdir
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -344,9 +380,16 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.signal is None:
+            self.signal = name
+            return
+        ckpts = pathlib.Path(self._workdir) / 'checkpoints'
+        steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+        saved = (f'the newest checkpoint is {ckpts}/{max(steps)}; run the same command to '
+                 'resume from it' if steps else 'no checkpoint was saved')
+        os.write(2, f'charlm: stopped at once by a second {name}: {saved}\n'.encode())
+        os._exit(128 + signum)
 
     def agreed(self, sync_point: bool) -> bool:
         """Whether to stop after this step. With several processes they must agree on the
@@ -389,7 +432,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     calling again resumes exactly (a notebook can train in pieces).
     """
     check_config(config)
-    workdir = str(check_workdir(workdir))
+    path, hold = _hold_workdir(workdir)
+    try:
+        return _train_and_evaluate(config, str(path), stop_at)
+    finally:
+        if hold:
+            hold.release()
+
+
+def _hold_workdir(workdir: str) -> tuple[pathlib.Path, workdir_lib.Hold | None]:
+    """Checks the workdir and takes the job's hold on it (process 0, for all hosts).
+
+    Every process learns the outcome before any of them opens a checkpoint, so a refused
+    job fails on every host with one line, and never cleans up the holder's saves.
+    """
+    hold, error = None, None
+    try:
+        path = workdir_lib.check_workdir(workdir)
+        if jax.process_index() == 0:
+            hold = workdir_lib.Hold(path)
+    except CharLMError as e:
+        error = e
+    if jax.process_count() > 1:
+        failed = multihost_utils.process_allgather(np.int32(error is not None))
+        if np.any(failed) and error is None:
+            if hold:
+                hold.release()
+            error = CharLMError('another process of this job could not start on workdir '
+                                f'{workdir} (its error says why)')
+    if error is not None:
+        raise error
+    return path, hold
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop_at: int | None) -> dict[str, Any]:
     is_main = jax.process_index() == 0
     layout = data.Layout(config.batch_size, jax.device_count(), jax.local_device_count(),
                          jax.process_index())
@@ -397,14 +474,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         max(config.eval_batch_size // jax.device_count(), 1) * jax.device_count(),
         jax.device_count(), jax.local_device_count(), jax.process_index())
 
-    ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=False)
-    try:  # closed on every path: an error here must not race orbax threads at exit
-        resume_step = ckpts.latest_step()
-        saved_tokenizer, meta = None, {}
-        if resume_step is not None:
-            saved = ckpts.read_json(resume_step)
-            check_same_model(saved['config'], config, workdir)
-            saved_tokenizer, meta = tokenizers.from_json(saved['tokenizer']), saved['meta']
+    init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+    stateful = config.data.stateful
+
+    def setup(saved_tokenizer):
         corpus = load_corpus(config, saved_tokenizer)
         tok = corpus.tokenizer
         model = make_model(config, tok.vocab_size)
@@ -412,15 +485,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             from charlm import sampler
             s = config.sample
             sampler.check_options(s.length, s.temperature, s.top_k, s.top_p, 1, tok.vocab_size)
-
-        init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
-        tx = make_optimizer(config)
-        stateful = config.data.stateful
         if stateful:
             data.stream_steps(len(corpus.tokens['train']), config.data.seq_len, config.batch_size)
-        state = create_state(model, tx, init_key, config.batch_size if stateful else 0)
+        fresh = create_state(model, make_optimizer(config), init_key,
+                             config.batch_size if stateful else 0)
+        return corpus, model, fresh
+
+    ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=False)
+    try:  # closed on every path: an error here must not race orbax threads at exit
+        corpus, resume_step, meta, damaged = None, None, {}, []
+        for saved_step in sorted(ckpts.latest.all_steps(), reverse=True):  # newest intact
+            try:
+                saved = ckpts.read_json(saved_step)
+                if corpus is None:
+                    check_same_model(saved['config'], config, workdir)
+                    corpus, model, state = setup(tokenizers.from_json(saved['tokenizer']))
+                state = ckpts.restore_state(state, saved_step)
+            except checkpointing.DamagedCheckpoint as e:
+                damaged.append((saved_step, e))
+                continue
+            resume_step, meta = saved_step, saved['meta']
+            break
+        if damaged and resume_step is None:
+            raise CharLMError(f'every checkpoint in {workdir}/checkpoints is damaged '
+                              f'(newest: {damaged[0][1]}): use a new --workdir')
+        for saved_step, e in damaged:  # kept, out of the way of this run's saves
+            logging.warning('%s; moved to %s; resuming from step %d instead', e,
+                            ckpts.set_aside(saved_step), resume_step)
+        for best_step in ckpts.best.all_steps() if damaged else ():
+            if best_step > resume_step:  # from the steps this run does again
+                logging.warning('best checkpoint of step %d (after step %d) moved to %s',
+                                best_step, resume_step, ckpts.set_aside(best_step, best=True))
+        if corpus is None:
+            corpus, model, state = setup(None)
+        tok = corpus.tokenizer
         if resume_step is not None:
-            state = ckpts.restore_state(state, resume_step)
             logging.info('Resuming from %s/checkpoints/%d', workdir, resume_step)
         if is_main:
             logging.info('Model:\n%s', model_lib.summary(model, state.params))
@@ -430,7 +529,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     steps = parallel_steps(model)
     host_schedule = make_schedule(config, np)
-    writer = metric_writer.MetricWriter(workdir)
+    writer = metric_writer.MetricWriter(
+        workdir, purge_step=None if resume_step is None else resume_step + 1)
     unit = 'chars' if tok.kind == 'char' else 'tokens'
     step = int(state.step)
     state = to_devices(state, layout)
@@ -445,9 +545,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     def check_finite(loss, split):
         if not math.isfinite(loss):
-            good = ckpts.latest_step()
-            where = (f'the last good checkpoint (step {good}) is kept in {workdir}'
-                     if good is not None else 'no checkpoint was written')
+            newest = ckpts.latest_step()
+            where = (f'the checkpoints up to step {newest} (saved before the divergence) are '
+                     f'kept in {workdir}' if newest is not None else 'no checkpoint was written')
             raise CharLMError(f'training diverged: {split} loss is {loss} at step {step}; '
                               f'{where}; lower learning_rate or grad_clip_norm')
 
@@ -473,7 +573,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     stop_reason = None
     try:  # pending saves finish and orbax closes even on an error (divergence)
-        with _StopRequest() as stop:
+        with _StopRequest(workdir) as stop:
             while step < config.num_train_steps:
                 if stateful:
                     batch = data.stateful_train_batch(corpus.tokens['train'], config.data.seq_len,
@@ -484,6 +584,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 state, metrics = steps.train(state, batch, train_key)
                 step += 1
                 pending.append(metrics)
+                if len(pending) > MAX_IN_FLIGHT:  # never an unbounded queue of pmeans
+                    pending[-MAX_IN_FLIGHT - 1]['count'].block_until_ready()
                 at_end = step == config.num_train_steps
                 do_eval = step % config.eval_every_steps == 0 or at_end
                 do_save = step % config.checkpoint_every_steps == 0 or at_end
@@ -509,6 +611,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 val_perplexity=val['perplexity'])
                     if is_main:
                         _write_samples(config, model, state.params, tok, sample_key, step, writer)
+                    # A signal that came during the evaluation: every process evaluated, so
+                    # this is a point where they can agree to stop.
+                    stopping = stopping or stop.agreed(True)
                     if val['loss'] < meta['best_val_loss']:
                         meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
                         save(best=True)
@@ -531,9 +636,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if stop_reason:
                     break
     finally:
-        ckpts.wait()
-        ckpts.close()
-        writer.close()
+        try:
+            ckpts.wait()  # a failed save in flight is a one-line error too
+        finally:
+            ckpts.close()
+            writer.close()
     if stop_reason and is_main:
         logging.info('%s', stop_reason)
     last.update(best_val_loss=meta['best_val_loss'], best_step=meta['best_step'],

@@ -4,15 +4,33 @@ import ast
 import os
 import pathlib
 import random
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import SHAKESPEARE_LIKE
 
 from charlm import checkpointing, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def launch(*args, timeout=300) -> subprocess.CompletedProcess:
+    """launch/local_multiprocess.sh ARGS; on a timeout the whole job is killed, not the
+    launcher alone (a hung process would otherwise outlive the test)."""
+    env = dict(os.environ, PORT=str(random.randint(20000, 40000)))
+    proc = subprocess.Popen(['bash', 'launch/local_multiprocess.sh', *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f'the job did not finish in {timeout}s:\n{out[-3000:]}') from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, '')
 
 
 def _done(line: str) -> dict:
@@ -20,12 +38,19 @@ def _done(line: str) -> dict:
 
 
 def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
+    # A validation split of over 800 eval batches: per-batch collectives dispatched back to
+    # back used to deadlock the two processes in the first evaluation.
+    corpus = tmp_path / 'long.txt'
+    corpus.write_text(SHAKESPEARE_LIKE * 1100, encoding='utf-8')
+    overrides = {'data.path': str(corpus), 'data.val_fraction': 0.2, 'eval_batch_size': 4}
+    for key, value in overrides.items():
+        section, _, field = key.rpartition('.')
+        (tiny_config[section] if section else tiny_config)[field] = value
+    val_tokens = int(len(SHAKESPEARE_LIKE) * 1100 * 0.2)
+    assert val_tokens // (4 * tiny_config.data.seq_len) >= 800  # eval batches of 4 windows
     workdir = tmp_path / 'mp'
-    env = dict(os.environ, PORT=str(random.randint(20000, 40000)))
-    proc = subprocess.run(
-        ['bash', 'launch/local_multiprocess.sh', '2', '2', '--config=configs/tiny.py',
-         f'--workdir={workdir}', f'--config.data.path={tiny_config.data.path}'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch('2', '2', '--config=configs/tiny.py', f'--workdir={workdir}',
+                  *[f'--config.{k}={v}' for k, v in overrides.items()])
     assert proc.returncode == 0, proc.stdout[-3000:]
     results = {line[1]: _done(line) for line in proc.stdout.splitlines() if 'done: ' in line}
     assert set(results) == {'0', '1'}
@@ -46,7 +71,7 @@ def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
     # The 2-process checkpoint resumes in one process with one device.
     resume = subprocess.run(
         [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
-         f'--config.data.path={tiny_config.data.path}', '--config.num_train_steps=25'],
+         *[f'--config.{k}={v}' for k, v in overrides.items()], '--config.num_train_steps=25'],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
     assert resume.returncode == 0, resume.stderr[-3000:]
