@@ -362,8 +362,10 @@ def check_same_model(saved: dict, config: ml_collections.ConfigDict, workdir) ->
 class _StopRequest:
     """SIGTERM (preemption) or Ctrl-C: finish the step, checkpoint, exit cleanly.
 
-    A second signal stops the process at once, with one line naming the newest complete
+    A second Ctrl-C stops the process at once, with one line naming the newest complete
     checkpoint; a save it cuts short is a temporary directory the next start removes.
+    Repeated SIGTERMs (a scheduler signalling the process group and a launcher forwarding
+    it too) do not cut the checkpoint short.
     """
 
     def __init__(self, workdir: str = ''):
@@ -383,6 +385,8 @@ class _StopRequest:
         name = signal.Signals(signum).name
         if self.signal is None:
             self.signal = name
+            return
+        if signum != signal.SIGINT:
             return
         ckpts = pathlib.Path(self._workdir) / 'checkpoints'
         steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []

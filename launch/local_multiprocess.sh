@@ -22,9 +22,15 @@ for ((i = 0; i < n; i++)); do
     --process_id="$i" "$@" > >(sed -u "s/^/[$i] /") 2>&1 &
   pids+=($!)
 done
-trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
+# A signal to the launcher goes to every process (they checkpoint and exit 0); the
+# launcher then still waits for each and exits with the first failure, if any.
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
 status=0
 for p in "${pids[@]}"; do
-  wait "$p" || status=$?
+  rc=0
+  while kill -0 "$p" 2>/dev/null; do  # a trapped signal interrupts wait: wait again
+    wait "$p" && rc=0 || rc=$?
+  done
+  if [[ $status -eq 0 && $rc -ne 0 ]]; then status=$rc; fi
 done
 exit "$status"

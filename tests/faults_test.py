@@ -75,3 +75,32 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tiny_config, 
     b = checkpointing.Checkpoints(str(tmp_path / 'reference'), create=False).restore_state_raw()
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert not list(workdir.rglob('*orbax-checkpoint-tmp*'))  # half-written saves are gone
+
+
+SIGTERM_IN_EVAL = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from configs import tiny
+from charlm import train
+real = train.evaluate
+
+def evaluate(*args, **kwargs):  # preempted in the middle of the evaluation at step 20
+    out = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+train.evaluate = evaluate
+c = tiny.get_config()
+c.data.path, c.num_train_steps = {corpus!r}, 1000
+c.eval_every_steps, c.checkpoint_every_steps = 20, 1000
+print(train.train_and_evaluate(c, {workdir!r})['stop_reason'])
+"""
+
+
+def test_sigterm_during_an_evaluation_is_honoured(corpus_file, tmp_path):
+    script = SIGTERM_IN_EVAL.format(root=str(ROOT), corpus=corpus_file, workdir=str(tmp_path / 'w'))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'stopped by SIGTERM at step 20' in proc.stdout  # not at the next log step
+    assert checkpointing.Checkpoints(str(tmp_path / 'w'), create=False).latest_step() == 20

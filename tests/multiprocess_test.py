@@ -86,3 +86,33 @@ def test_unreachable_coordinator_fails_in_bounded_time(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     assert 'charlm: error: no coordinator answered at localhost:1 within 3s' in proc.stderr
+
+
+def test_a_job_holds_its_workdir_once_and_a_second_job_is_refused(corpus_file, tmp_path):
+    workdir = tmp_path / 'mp'
+    env = dict(os.environ, PORT=str(random.randint(20000, 40000)), PYTHONUNBUFFERED='1')
+    first = subprocess.Popen(
+        ['bash', 'launch/local_multiprocess.sh', '2', '1', '--config=configs/tiny.py',
+         f'--workdir={workdir}', f'--config.data.path={corpus_file}',
+         '--config.num_train_steps=100000'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for line in first.stdout:  # both hosts train
+            if 'eval at step 10:' in line:
+                break
+        second = launch('2', '1', '--config=configs/tiny.py', f'--workdir={workdir}',
+                        f'--config.data.path={corpus_file}', timeout=120)
+        assert second.returncode == 2, second.stdout[-3000:]
+        assert 'Traceback' not in second.stdout
+        errors = [ln for ln in second.stdout.splitlines() if 'charlm: error:' in ln]
+        assert len(errors) == 2, second.stdout[-3000:]  # one line from each process
+        assert any(ln.startswith('[0]') and 'is being trained by pid' in ln for ln in errors)
+        assert any(ln.startswith('[1]') and 'another process of this job' in ln for ln in errors)
+        assert first.poll() is None
+        first.send_signal(signal.SIGTERM)  # the launcher forwards it; the hosts agree on a step
+        rest = first.stdout.read()
+        assert first.wait(timeout=120) == 0, rest[-3000:]
+        assert 'stopped by SIGTERM at step' in rest, rest[-1500:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
