@@ -1,5 +1,13 @@
 """The language model: Embed -> recurrent layers (nn.scan over a Flax cell) -> Dense.
 
+  model = RecurrentLM(vocab_size=65, embed_dim=64, hidden_sizes=(256, 256), cell='lstm')
+  carry, logits_BxTxV = model.apply({'params': params}, model.init_carry(B), tokens_BxT)
+
+Each recurrent layer is a Flax cell (nn.OptimizedLSTMCell, nn.GRUCell, nn.SimpleCell)
+scanned over time with `nn.scan`, as in flax's sst2 example: that is `impl='cell'`, the
+reference. An LSTM runs by default as `impl='hoisted'`, `charlm.kernels`' layer with
+the same parameters and equations that trains faster (the input projection out of the
+time loop, a custom backward pass); `impl='cudnn'` takes cuDNN's kernel on CUDA GPUs.
 Modules take plain values, never a ConfigDict. Shapes follow the `charlm.data` docstring:
 tokens_BxT int32, logits_BxTxV float32; each layer's carry is (c_BxH, h_BxH) for an LSTM
 and h_BxH for a GRU or a simple RNN.
@@ -7,15 +15,15 @@ and h_BxH for a GRU or a simple RNN.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from jax.experimental import rnn
 
+from charlm import kernels
 from charlm.errors import CharLMError
 
 CELLS = {
@@ -25,348 +33,6 @@ CELLS = {
 }
 
 Carry = tuple[Any, ...]  # one entry per layer
-GATES = ('i', 'f', 'g', 'o')  # OptimizedLSTMCell's order: input, forget, candidate, output
-
-
-def _fmix32(x: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """uint32 pseudo-random bits of `shape`: a hash of each element's index, seeded by `key`.
-
-    One threefry call makes two seed words; the rest is integer arithmetic that XLA fuses
-    into its consumer, so a dropout mask costs one pass instead of a threefry per element
-    (which was a large share of a CPU training step).
-    """
-    s0, s1 = jax.random.bits(key, (2,), jnp.uint32)
-    index = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(len(shape))):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-        stride *= shape[axis]
-    return _fmix32(_fmix32(index + s0) ^ s1)
-
-
-class Dropout(nn.Module):
-    """nn.Dropout's behaviour (inverted scaling, the 'dropout' rng) with hashed_bits masks."""
-
-    rate: float
-    deterministic: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.deterministic or self.rate == 0.0:
-            return x
-        if self.rate >= 1.0:
-            return jnp.zeros_like(x)
-        threshold = jnp.uint32(min(int(self.rate * 2**32), 2**32 - 1))
-        keep = hashed_bits(self.make_rng('dropout'), x.shape) >= threshold
-        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
-
-
-class _DenseParams(nn.Module):
-    """A kernel (and bias) under the same names nn.LSTMCell's Dense submodules use."""
-
-    features: int
-    use_bias: bool
-    kernel_init: Any
-
-    @nn.compact
-    def __call__(self, in_features: int):
-        kernel = self.param('kernel', self.kernel_init, (in_features, self.features))
-        bias = (self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias
-                else None)
-        return kernel, bias
-
-
-def _mm(spec: str, a, b):
-    """einsum in b's dtype with float32 results (accumulated in float32 where the backend can:
-    XLA:CPU has no bf16 x bf16 -> f32 dot, so there the product is cast afterwards)."""
-    a = a.astype(b.dtype)
-    if b.dtype == jnp.float32 or jax.default_backend() != 'cpu':
-        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-    return jnp.einsum(spec, a, b).astype(jnp.float32)
-
-
-def _g_columns(h4: int, dtype) -> jax.Array:
-    """[1, 4H]: 1 on the columns of the candidate gate g (tanh), 0 on i, f, o (sigmoid)."""
-    return jnp.asarray(np.repeat(np.array([[0, 0, 1, 0]], np.float32), h4 // 4, axis=1), dtype)
-
-
-def _activate(z_Bx4H: jax.Array) -> jax.Array:
-    """sigmoid on the i, f, o gates and tanh on g, as one elementwise pass over [B, 4H].
-
-    sigmoid(z) = tanh(z / 2) / 2 + 1 / 2, so every gate is s * tanh(s * z) + s' with
-    per-column constants: one kernel over the four gates (not four slices and a
-    concatenate), which is what the time loop pays for on a CPU, a kernel per op per step.
-    """
-    is_g = _g_columns(z_Bx4H.shape[-1], z_Bx4H.dtype)
-    scale = 0.5 + 0.5 * is_g
-    return scale * jnp.tanh(scale * z_Bx4H) + (0.5 - 0.5 * is_g)
-
-
-def _read(buf_TxN, t):
-    """buf[t] for a traced t (no negative-index handling: t is always in range)."""
-    return jax.lax.dynamic_index_in_dim(buf_TxN, t, 0, False)
-
-
-def _write(buf_TxN, t, x):
-    """buf with buf[t] = x, in place where buf has no other reader."""
-    return jax.lax.dynamic_update_index_in_dim(buf_TxN, x, t, 0)
-
-
-def _lstm_update(z_Bx4H, c):
-    """The LSTM equations from the gates' pre-activations z (i, f, g, o): (c, h, gates)."""
-    gates = _activate(z_Bx4H)
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c = f * c + i * g
-    return c, o * jnp.tanh(c), gates
-
-
-def _lstm_cell(w_h, xw_Bx4H, c, h):
-    """One LSTM time step from the hoisted input term: (c, h, gates)."""
-    return _lstm_update(xw_Bx4H + _mm('bh,hg->bg', h, w_h), c)
-
-
-def _input_table(embedding_VxE, w_i, b):
-    """Layer 0's input term for every token id: embedding @ W_i + b, [V, 4H]."""
-    return _mm('ve,eg->vg', embedding_VxE, w_i) + b[None]
-
-
-def _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll, residuals=True):
-    """The recurrence; returns (c_T, h_T), h_TxBxH and (if asked) what the backward needs.
-
-    Without residuals the loop writes only h_t: a forward-only pass (evaluation, sampling)
-    does not pay for storing every step's gates. With them and unroll=1, step t's gates
-    overwrite xw_t, which nothing reads again, in place (and the backward's dz_t
-    overwrites the gates in turn): no fresh [T, B, 4H] buffers to zero and copy per
-    layer, which made CPU training 4-9% slower. Each step reads the next xw slice before
-    the loop goes on, so the buffer's only reader inside the loop is its own update
-    (otherwise XLA copies the whole buffer every step). Unrolled, that pattern ran 2.4x
-    slower than a plain scan, so unroll > 1 takes the scan.
-    """
-    if not residuals or unroll > 1:
-        def step(carry, xw_Bx4H):
-            c, h, gates = _lstm_cell(w_h, xw_Bx4H, *carry)
-            return (c, h), (h, c, gates) if residuals else h
-        carry, ys = jax.lax.scan(step, (c0_BxH, h0_BxH), xw_TxBx4H, unroll=unroll)
-        return (carry, ys[0], ys[1:]) if residuals else (carry, ys, None)
-
-    steps = xw_TxBx4H.shape[0]
-
-    def body(t, loop):  # xw_t was read by the step before, so the write can be in place
-        c, h, xw_Bx4H, buf_TxBx4H, h_TxBxH, c_TxBxH = loop
-        c, h, gates = _lstm_cell(w_h, xw_Bx4H, c, h)
-        buf_TxBx4H = _write(buf_TxBx4H, t, gates)
-        return (c, h, _read(buf_TxBx4H, jnp.minimum(t + 1, steps - 1)), buf_TxBx4H,
-                _write(h_TxBxH, t, h), _write(c_TxBxH, t, c))
-
-    zeros = jnp.zeros((steps, *c0_BxH.shape), c0_BxH.dtype)
-    c, h, _, gates_TxBx4H, h_TxBxH, c_TxBxH = jax.lax.fori_loop(
-        0, steps, body, (c0_BxH, h0_BxH, xw_TxBx4H[0], xw_TxBx4H, zeros, zeros))
-    return (c, h), h_TxBxH, (c_TxBxH, gates_TxBx4H)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def lstm_recurrence(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll=1):
-    """h_t, c_t over time given the hoisted input projection xw; ((c_T, h_T), h_TxBxH).
-
-    The custom backward pass runs only dz_t @ W_h^T inside the reverse time loop and
-    computes dW_h = sum_t h_{t-1}^T dz_t as one matmul afterwards, instead of JAX's
-    default of accumulating the [H, 4H] weight gradient at every time step.
-    """
-    carry, h_TxBxH, _ = _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll, residuals=False)
-    return carry, h_TxBxH
-
-
-def _lstm_fwd(w_h, xw_TxBx4H, c0_BxH, h0_BxH, unroll):
-    carry, h_TxBxH, (c_TxBxH, gates_TxBx4H) = _lstm_forward(w_h, xw_TxBx4H, c0_BxH, h0_BxH,
-                                                            unroll)
-    return (carry, h_TxBxH), (w_h, c0_BxH, h0_BxH, h_TxBxH, c_TxBxH, gates_TxBx4H)
-
-
-def _lstm_cell_bwd(m_g, gates, c, c_prev, dh, dc_next):
-    """One step back through `_lstm_cell`: (dz, dc) given dh = dL/dh_t (all paths)."""
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    tanh_c = jnp.tanh(c)
-    dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
-    # The four slopes in one pass: sigmoid' = a (1 - a) on i, f, o; tanh' = 1 - a^2 on g.
-    slope = (1 - m_g) * gates * (1 - gates) + m_g * (1 - gates * gates)
-    dz = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1) * slope
-    return dz, dc * f
-
-
-def _lstm_bwd(unroll, res, cotangents):
-    w_h, c0, h0, h_TxBxH, c_TxBxH, gates_TxBx4H = res
-    (dc_T, dh_T), dh_out_TxBxH = cotangents
-    # W_h^T as a [4H, H] array of its own, made once: XLA:CPU's dot over W_h's rows
-    # (dz @ W_h^T in place) ran 1.5x slower per step than a plain dot with the transpose.
-    w_hT = jax.lax.optimization_barrier(w_h.T)
-    m_g = _g_columns(gates_TxBx4H.shape[-1], gates_TxBx4H.dtype)
-    steps = gates_TxBx4H.shape[0]
-
-    if unroll > 1:  # a plain reverse scan (see _lstm_forward)
-        def step(carry, xs):
-            dc_next, dh_next = carry
-            dh_out, c, c_prev, gates = xs
-            dz, dc_f = _lstm_cell_bwd(m_g, gates, c, c_prev, dh_out + dh_next, dc_next)
-            return (dc_f, _mm('bg,gh->bh', dz, w_hT)), dz
-
-        c_prev_TxBxH = jnp.concatenate([c0[None], c_TxBxH[:-1]], axis=0)
-        (dc0, dh0), dz_TxBx4H = jax.lax.scan(
-            step, (dc_T, dh_T), (dh_out_TxBxH, c_TxBxH, c_prev_TxBxH, gates_TxBx4H),
-            reverse=True, unroll=unroll)
-    else:
-        def body(k, loop):  # time step t = T - 1 - k; dz_t overwrites gates_t in place
-            dc_next, dh_next, gates, buf_TxBx4H = loop
-            t = steps - 1 - k
-            c_prev = jnp.where(t > 0, _read(c_TxBxH, jnp.maximum(t - 1, 0)), c0)
-            dz, dc_f = _lstm_cell_bwd(m_g, gates, _read(c_TxBxH, t), c_prev,
-                                      _read(dh_out_TxBxH, t) + dh_next, dc_next)
-            buf_TxBx4H = _write(buf_TxBx4H, t, dz)
-            return (dc_f, _mm('bg,gh->bh', dz, w_hT),
-                    _read(buf_TxBx4H, jnp.maximum(t - 1, 0)), buf_TxBx4H)
-
-        dc0, dh0, _, dz_TxBx4H = jax.lax.fori_loop(
-            0, steps, body, (dc_T, dh_T, gates_TxBx4H[-1], gates_TxBx4H))
-    h_prev_TxBxH = jnp.concatenate([h0[None], h_TxBxH[:-1]], axis=0)
-    dw_h = _mm('nh,ng->hg', h_prev_TxBxH.reshape(-1, h0.shape[-1]),
-               dz_TxBx4H.reshape(-1, dz_TxBx4H.shape[-1]).astype(w_h.dtype))
-    return dw_h.astype(w_h.dtype), dz_TxBx4H, dc0, dh0
-
-
-lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
-
-
-def _lstm_params(in_features: int, features: int):
-    """An LSTM layer's parameters, made inside the calling module: (w_i [E, 4H], w_h [H, 4H],
-    b [4H]), gates in GATES order.
-
-    Names, shapes and initialisers are nn.OptimizedLSTMCell's (lecun_normal inputs without
-    bias, orthogonal recurrence with the bias), so every LSTM implementation here shares its
-    checkpoints.
-    """
-    wi = [_DenseParams(features, False, nn.initializers.lecun_normal(),
-                       name=f'i{g}')(in_features)[0] for g in GATES]
-    wh = [_DenseParams(features, True, nn.initializers.orthogonal(),
-                       name=f'h{g}')(features) for g in GATES]
-    return (jnp.concatenate(wi, axis=-1), jnp.concatenate([k for k, _ in wh], axis=-1),
-            jnp.concatenate([b for _, b in wh], axis=-1))
-
-
-def _gates(layer_params, kind: str, what: str = 'kernel') -> jax.Array:
-    """One layer's per-gate arrays side by side: kind 'i' -> W_i [E, 4H], 'h' -> W_h [H, 4H]
-    (or, with what='bias', b [4H])."""
-    return jnp.concatenate([layer_params[f'{kind}{g}'][what] for g in GATES], axis=-1)
-
-
-class HoistedLSTM(nn.Module):
-    """One LSTM layer over a whole sequence, the cuDNN way.
-
-    The input projection x @ W_i for all T steps is one [B*T, E] x [E, 4H] matmul outside
-    the time loop; only h @ W_h runs inside the scan. Parameters, initialisers and
-    equations are those of nn.OptimizedLSTMCell (ii/if/ig/io, hi/hf/hg/ho), so the two
-    implementations share checkpoints and agree to float tolerance (tests check this).
-    """
-
-    features: int
-    unroll: int = 1
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, carry, inputs, embedding_VxE=None):
-        """`inputs` is the layer's input x_BxTxE; or, when `embedding_VxE` is given (the
-        first layer), the token ids tokens_BxT whose embedding rows are the input."""
-        c_BxH, h_BxH = carry
-        in_features = (inputs if embedding_VxE is None else embedding_VxE).shape[-1]
-        w_i, w_h, b = _lstm_params(in_features, self.features)
-        w_i, w_h = w_i.astype(self.dtype), w_h.astype(self.dtype)
-        if embedding_VxE is not None:
-            # The first layer reads embedding rows, so its input projection is a row of
-            # embedding @ W_i + b per token: a [V, E] x [E, 4H] matmul and a gather instead
-            # of [B*T, E] x [E, 4H] (and the same saving twice in the backward pass).
-            # The barrier keeps the bias add out of the gather: fused into it, XLA:CPU
-            # gathered element by element (A: 14.6 ms a step in a profile, 3.4 ms now).
-            table_Vx4H = jax.lax.optimization_barrier(_input_table(embedding_VxE, w_i, b))
-            # Token ids come from the tokenizer, so always in range: promising that saves
-            # jnp.take's out-of-range mask, a second pass over the [T, B, 4H] result.
-            tokens_TxB = jnp.swapaxes(inputs, 0, 1)
-            xw_TxBx4H = table_Vx4H.at[tokens_TxB].get(mode='promise_in_bounds')
-        else:
-            # Transpose, then one 2-D matmul: XLA:CPU ran the equivalent 'bte,eg->tbg'
-            # einsum 4x slower (43 ms vs 10 ms for 64 x 100 x 256 -> 1024).
-            x_TxBxE = jnp.swapaxes(inputs, 0, 1)
-            t, b_, e = x_TxBxE.shape
-            xw_TxBx4H = (_mm('ne,eg->ng', x_TxBxE.reshape(t * b_, e), w_i).reshape(t, b_, -1)
-                         + b[None, None])
-        carry, h_TxBxH = lstm_recurrence(w_h, xw_TxBx4H, c_BxH, h_BxH, self.unroll)
-        return carry, jnp.swapaxes(h_TxBxH, 0, 1)
-
-
-# cuDNN's fused LSTM (jax.experimental.rnn, CUDA GPUs only). Its flat weight vector holds,
-# per layer, W_ih [4H, E], W_hh [4H, H], then b_ih and b_hh [4H] each, gates i, f, g, o
-# (PyTorch's nn.LSTM layout): GATES order, transposed, with one bias more than Flax's.
-
-def to_cudnn_weights(layer_params) -> jax.Array:
-    """One LSTM layer's Flax parameters as cuDNN's flat weight vector (b_ih = 0)."""
-    w_i, w_h, b = (_gates(layer_params, 'i'), _gates(layer_params, 'h'),
-                   _gates(layer_params, 'h', 'bias'))
-    return _pack_cudnn(w_i, w_h, b)
-
-
-def _pack_cudnn(w_i, w_h, b) -> jax.Array:
-    return jnp.concatenate([w_i.T.reshape(-1), w_h.T.reshape(-1), jnp.zeros_like(b), b])
-
-
-def from_cudnn_weights(weights: jax.Array, input_size: int, hidden_size: int) -> dict:
-    """The inverse of `to_cudnn_weights` for any one-layer cuDNN (or PyTorch nn.LSTM) weight
-    vector: the two biases become Flax's one, b_ih + b_hh, which computes the same."""
-    w_ih, w_hh, b_ih, b_hh = (jnp.asarray(x[0]) for x in rnn.unpack_lstm_weights(
-        jnp.asarray(weights), input_size, hidden_size, 1, False))
-    columns = {'i': w_ih.T, 'h': w_hh.T}
-    bias = jnp.split(b_ih + b_hh, 4)
-    params = {}
-    for kind, w in columns.items():
-        for g, kernel, b in zip(GATES, jnp.split(w, 4, axis=-1), bias, strict=True):
-            params[f'{kind}{g}'] = {'kernel': kernel} | ({'bias': b} if kind == 'h' else {})
-    return params
-
-
-def _cudnn_lstm(x_BxTxE, h0_1xBxH, c0_1xBxH, weights, input_size, hidden_size):
-    """One layer of cuDNN's LSTM: (y_BxTxH, h_1xBxH, c_1xBxH). A function of its own so
-    that a CPU test can put jax.experimental.rnn's reference implementation in its place."""
-    batch, steps = x_BxTxE.shape[:2]
-    return rnn.lstm(x_BxTxE, h0_1xBxH, c0_1xBxH, weights,
-                    jnp.full((batch,), steps, jnp.int32), input_size, hidden_size,
-                    num_layers=1, dropout=0.0, bidirectional=False)
-
-
-class CudnnLSTM(nn.Module):
-    """One LSTM layer through cuDNN's fused kernel, forward and backward (CUDA GPUs only).
-
-    The parameters are HoistedLSTM's (nn.OptimizedLSTMCell's), packed into cuDNN's flat
-    vector inside each step, so checkpoints move freely between the implementations.
-    One cuDNN call per layer keeps charlm's own dropout between layers. float32 only:
-    jax.experimental.rnn has no bf16 LSTM; it uses TF32 where JAX's matmuls would.
-    """
-
-    features: int
-
-    @nn.compact
-    def __call__(self, carry, x_BxTxE):
-        c_BxH, h_BxH = carry
-        in_features = x_BxTxE.shape[-1]
-        weights = _pack_cudnn(*_lstm_params(in_features, self.features))
-        y_BxTxH, h_1xBxH, c_1xBxH = _cudnn_lstm(
-            x_BxTxE.astype(jnp.float32), h_BxH[None], c_BxH[None], weights,
-            in_features, self.features)
-        return (c_1xBxH[0], h_1xBxH[0]), y_BxTxH
 
 
 IMPLS = ('hoisted', 'cell', 'cudnn')
@@ -420,17 +86,19 @@ class RecurrentLM(nn.Module):
             return tuple((zeros(h), zeros(h)) for h in self.hidden_sizes)
         return tuple(zeros(h) for h in self.hidden_sizes)
 
-    def layer(self, i: int) -> nn.Module:
-        """Layer i: its cell scanned over time (axis 1), parameters shared across steps."""
+    def layer(self, i: int, folded: bool = False) -> nn.Module:
+        """Layer i: its cell scanned over time (axis 1), parameters shared across steps;
+        or the faster layer with the same parameters that `impl` names."""
+        name, size = f'{self.cell}_{i}', self.hidden_sizes[i]
         if self.cell == 'lstm' and self.impl == 'cudnn':
-            return CudnnLSTM(self.hidden_sizes[i], name=f'{self.cell}_{i}')
+            return kernels.CudnnLSTM(size, name=name)
         if self.cell == 'lstm' and self.impl == 'hoisted':
-            return HoistedLSTM(self.hidden_sizes[i], self.unroll, self.dtype,
-                               name=f'{self.cell}_{i}')
+            lstm = kernels.FoldedLSTM if folded else kernels.HoistedLSTM
+            return lstm(size, self.unroll, self.dtype, name=name)
         scanned = nn.scan(CELLS[self.cell], variable_broadcast='params',
                           split_rngs={'params': False}, in_axes=1, out_axes=1,
                           unroll=self.unroll)
-        return scanned(features=self.hidden_sizes[i], dtype=self.dtype, name=f'{self.cell}_{i}')
+        return scanned(features=size, dtype=self.dtype, name=name)
 
     def folds_embedding(self, num_tokens: int) -> bool:
         """Whether layer 0 projects the V embedding rows once and gathers (HoistedLSTM).
@@ -448,86 +116,49 @@ class RecurrentLM(nn.Module):
                  ) -> tuple[Carry, jax.Array]:
         embed = nn.Embed(self.vocab_size, self.embed_dim, name='embed')
         if self.folds_embedding(tokens_BxT.size):
-            c, x_BxTxE = self.layer(0)(carry[0], tokens_BxT, embed.embedding)
+            c, x_BxTxE = self.layer(0, folded=True)(carry[0], tokens_BxT, embed.embedding)
         else:
             c, x_BxTxE = self.layer(0)(carry[0], embed(tokens_BxT))
         new_carry = [c]
         for i in range(1, len(self.hidden_sizes)):
-            x_BxTxE = Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
+            x_BxTxE = kernels.Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
             c, x_BxTxE = self.layer(i)(carry[i], x_BxTxE)
             new_carry.append(c)
-        x_BxTxE = Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
+        x_BxTxE = kernels.Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
         logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x_BxTxE)
         return tuple(new_carry), logits_BxTxV.astype(jnp.float32)
 
 
-# One token at a time, for generation. A sampler steps every layer once per token, so a
-# step is a few matrix-vector products; these functions lay the weights out for them.
+# Generation, one token at a time. A stepper has start(carry) -> state, step(state,
+# tokens_B) -> (state, logits_BxV) and carry(state) -> carry, and is a pytree, so the
+# sampler (which takes any such object, as flax's lm1b sampler takes tokens_to_logits)
+# jits over it.
 
-def step_weights(model: RecurrentLM, params) -> dict:
-    """The weights `step` reads, made once per generation call.
+@flax.struct.dataclass
+class ApplyStepper:
+    """Any model's step: a length-1 sequence through `model.apply`."""
 
-    A float32 LSTM gets them re-laid for one token at a time:
-      embed_in   [V, 4H_0]: embedding @ W_i of layer 0, plus its bias: a row per token;
-      mats[l]    [4H_l + N_l, H_l]: W_h of layer l and, below it, the input weights of
-                 what reads h_l next (layer l+1's W_i, or the head, N_l = V), transposed;
-      biases[l]  [N_l]: the bias of what reads h_l next.
-    So each layer costs one product h_l @ mats[l]^T per token: it gives the next layer's
-    input and this layer's recurrent term for the next token at once, from rows read in
-    order (two products per token for two layers, not five; one stream on a CPU went
-    from about 72 to 50 us per token). Any other model gets {'params': params}, which
-    `step` runs through `model.apply`.
-    """
-    if model.cell != 'lstm' or jnp.dtype(model.dtype) != jnp.float32:
-        return {'params': params}
-    sizes = model.hidden_sizes
+    params: Any
+    model: RecurrentLM = flax.struct.field(pytree_node=False)
 
-    def cat(layer: int, kind: str, what: str = 'kernel'):
-        return _gates(params[f'lstm_{layer}'], kind, what)
-
-    mats, biases = [], []
-    for layer in range(len(sizes)):
-        last = layer + 1 == len(sizes)
-        reader = params['head']['kernel'] if last else cat(layer + 1, 'i')
-        mats.append(jnp.concatenate([cat(layer, 'h'), reader], axis=-1).T)
-        biases.append(params['head']['bias'] if last else cat(layer + 1, 'h', 'bias'))
-    embed_in = _input_table(params['embed']['embedding'], cat(0, 'i'), cat(0, 'h', 'bias'))
-    return {'embed_in': embed_in, 'mats': tuple(mats), 'biases': tuple(biases)}
-
-
-def step_state(model: RecurrentLM, weights: dict, carry: Carry):
-    """`step`'s state from a carry: an LSTM layer keeps (c, h, h @ W_h)."""
-    if 'params' in weights:
+    def start(self, carry: Carry):
         return carry
-    return tuple((c, h, jnp.einsum('bh,gh->bg', h, mat[:4 * h.shape[-1]]))
-                 for (c, h), mat in zip(carry, weights['mats'], strict=True))
 
-
-def step_carry(model: RecurrentLM, weights: dict, state) -> Carry:
-    """The carry (as `RecurrentLM` takes it) of a `step` state."""
-    if 'params' in weights:
-        return state
-    return tuple((c, h) for c, h, _ in state)
-
-
-def step(model: RecurrentLM, weights: dict, state, tokens_B: jax.Array):
-    """One token per stream through every layer: (state, logits_BxV).
-
-    Computes what `model.apply` computes for a length-1 sequence (to float rounding;
-    the tests check this), with `step_weights` and `step_state` made beforehand.
-    """
-    if 'params' in weights:
-        state, logits_Bx1xV = model.apply(weights, state, tokens_B[:, None])
+    def step(self, state, tokens_B: jax.Array):
+        state, logits_Bx1xV = self.model.apply({'params': self.params}, state, tokens_B[:, None])
         return state, logits_Bx1xV[:, 0]
-    x_Bx4H = weights['embed_in'][tokens_B]
-    new_state = []
-    for (c, _, recurrent_Bx4H), mat, bias in zip(state, weights['mats'], weights['biases'],
-                                                 strict=True):
-        c, h, _ = _lstm_update(x_Bx4H + recurrent_Bx4H, c)
-        both = jnp.einsum('bh,gh->bg', h, mat)
-        new_state.append((c, h, both[:, :4 * h.shape[-1]]))
-        x_Bx4H = both[:, 4 * h.shape[-1]:] + bias[None]
-    return tuple(new_state), x_Bx4H
+
+    def carry(self, state) -> Carry:
+        return state
+
+
+def stepper(model: RecurrentLM, params):
+    """The generation step for `model`, chosen once: a float32 LSTM's re-laid weights
+    (`kernels.FoldedStepper`, one product per layer and token), else `ApplyStepper`.
+    Both compute what `model.apply` computes, to float rounding (tests check this)."""
+    if model.cell == 'lstm' and jnp.dtype(model.dtype) == jnp.float32:
+        return kernels.FoldedStepper.make(params, len(model.hidden_sizes))
+    return ApplyStepper(params, model)
 
 
 def summary(model: RecurrentLM, params) -> str:

@@ -21,8 +21,9 @@ uses the same uniform numbers at every temperature: only the temperature differs
 Sizes that change shapes (chunk length, top_k, streams) and the switches that remove work
 (greedy: no random numbers; top_p=1: no sort) are static, so each combination compiles
 once; temperatures are traced. Prompts are primed once and the carry broadcast to all
-streams. Each drawn token goes through `model.step`, which for an LSTM reads weights
-re-laid once per call (`step_weights`): a layer is one matrix product per token. The
+streams. Each drawn token goes through a stepper (`model.stepper`: start, step, carry),
+made once per call; for an LSTM it reads weights re-laid so that a layer is one matrix
+product per token. `generate` takes any stepper, so a test can drive it with a fake. The
 sampler works on token ids for any tokenizer: text in and out is the tokenizer's job
 (`encode_prompt`, `decode_continuation`, `sample_text`).
 """
@@ -120,17 +121,17 @@ def prime(model, params, carry, prompt_BxP: jax.Array):
     return carry, logits_BxPxV[:, -1]
 
 
-step_weights = jax.jit(model_lib.step_weights, static_argnums=0)
+make_stepper = jax.jit(model_lib.stepper, static_argnums=0)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'length', 'top_k', 'top_p', 'greedy',
-                                             'unroll'))
-def generate(model, weights, carry, logits_BxV: jax.Array, keys_B: jax.Array, start: jax.Array,
+@functools.partial(jax.jit, static_argnames=('length', 'top_k', 'top_p', 'greedy', 'unroll'))
+def generate(stepper, carry, logits_BxV: jax.Array, keys_B: jax.Array, start: jax.Array,
              temperature_B: jax.Array, *, length: int, top_k: int = 0, top_p: float = 1.0,
              greedy: bool = False, unroll: int = 1):
     """`length` tokens per stream from (carry, logits): (carry, logits_BxV, tokens_BxL).
 
-    `weights` are `step_weights(model, params)`; `keys_B` holds one key per stream;
+    `stepper` (a pytree with start/step/carry, e.g. `model.stepper(model, params)`) makes
+    one token's logits from the last; `keys_B` holds one key per stream;
     `start` is the index of the first token drawn here, so chunks chained by their carry
     equal one long call token for token.
     """
@@ -143,12 +144,11 @@ def generate(model, weights, carry, logits_BxV: jax.Array, keys_B: jax.Array, st
     def body(state_logits, u_B):
         state, logits_BxV = state_logits
         tokens_B = choose(u_B, logits_BxV, temperature_B, top_k, top_p, greedy)
-        return model_lib.step(model, weights, state, tokens_B), tokens_B
+        return stepper.step(state, tokens_B), tokens_B
 
-    state = model_lib.step_state(model, weights, carry)
-    (state, logits_BxV), tokens_LxB = jax.lax.scan(body, (state, logits_BxV), u_LxB,
-                                                   unroll=unroll)
-    return model_lib.step_carry(model, weights, state), logits_BxV, tokens_LxB.T
+    (state, logits_BxV), tokens_LxB = jax.lax.scan(body, (stepper.start(carry), logits_BxV),
+                                                   u_LxB, unroll=unroll)
+    return stepper.carry(state), logits_BxV, tokens_LxB.T
 
 
 def temperatures(temperature: float | Sequence[float]) -> tuple[float, ...]:
@@ -216,11 +216,11 @@ def stream(model, params, prompt_ids, length: int, key: jax.Array, *, num_sample
     temperature_B = jnp.asarray(np.repeat(temps, num_samples), jnp.float32)
     static = dict(top_k=int(top_k), top_p=float(top_p), greedy=not any(temps),
                   unroll=int(unroll))
-    weights = step_weights(model, params)
+    stepper = make_stepper(model, params)
     calls, size = _chunks(length, chunk)
     pending = None
     for i in range(calls):
-        carry, logits_BxV, ids_BxN = generate(model, weights, carry, logits_BxV, keys_B,
+        carry, logits_BxV, ids_BxN = generate(stepper, carry, logits_BxV, keys_B,
                                               jnp.int32(i * size), temperature_B,
                                               length=size, **static)
         if pending is not None:

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from charlm import kernels
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -52,15 +53,14 @@ def test_step_equals_apply_token_by_token(cell, impl, fast):
     params, tokens = _init(m, length=6)
     start = jax.tree.map(lambda x: jax.random.normal(jax.random.key(2), x.shape) * 0.5,
                          m.init_carry(3))
-    weights = model_lib.step_weights(m, params)
-    assert ('mats' in weights) == fast
-    state, carry = model_lib.step_state(m, weights, start), start
+    stepper = model_lib.stepper(m, params)
+    assert isinstance(stepper, kernels.FoldedStepper) == fast
+    state, carry = stepper.start(start), start
     for t in range(tokens.shape[1]):
-        state, logits = model_lib.step(m, weights, state, tokens[:, t])
+        state, logits = stepper.step(state, tokens[:, t])
         carry, want = m.apply({'params': params}, carry, tokens[:, t:t + 1])
         np.testing.assert_allclose(logits, want[:, 0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(model_lib.step_carry(m, weights, state)),
-                    jax.tree.leaves(carry), strict=True):
+    for a, b in zip(jax.tree.leaves(stepper.carry(state)), jax.tree.leaves(carry), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -130,7 +130,7 @@ def test_hoisted_lstm_equals_the_flax_cell(unroll, batch, folds):
 
 
 def _cudnn_reference(x, h0, c0, weights, input_size, hidden_size):
-    """model._cudnn_lstm computed by jax.experimental.rnn's reference LSTM (any backend),
+    """kernels._cudnn_lstm computed by jax.experimental.rnn's reference LSTM (any backend),
     from the same flat cuDNN weight vector."""
     from jax.experimental import rnn
     w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(weights, input_size, hidden_size, 1, False)
@@ -144,7 +144,7 @@ def test_cudnn_layer_packs_the_same_model(monkeypatch):
     outputs, carries and gradients as impl='hoisted', dropout between layers included.
     This checks everything but the kernel (weight layout, gate order, biases, carries);
     test_cudnn_kernel_on_a_gpu checks the kernel where there is one."""
-    monkeypatch.setattr(model_lib, '_cudnn_lstm', _cudnn_reference)
+    monkeypatch.setattr(kernels, '_cudnn_lstm', _cudnn_reference)
     kw = dict(vocab_size=13, embed_dim=6, hidden_sizes=(16, 8), dropout_rate=0.25)
     ref, cudnn = model_lib.RecurrentLM(**kw), model_lib.RecurrentLM(**kw, impl='cudnn')
     tokens = jax.random.randint(jax.random.key(3), (4, 12), 0, 13)
@@ -172,16 +172,16 @@ def test_cudnn_weights_convert_both_ways():
     cuDNN (PyTorch nn.LSTM) weight vector, with both of its biases, becomes Flax parameters
     that compute what cuDNN's reference computes."""
     from jax.experimental import rnn
-    layer = model_lib.HoistedLSTM(16)
+    layer = kernels.HoistedLSTM(16)
     x = jax.random.normal(jax.random.key(1), (3, 9, 6))
     carry = (jnp.full((3, 16), 0.3), jnp.full((3, 16), -0.2))
     p = layer.init(jax.random.key(0), carry, x)['params']
-    flat = model_lib.to_cudnn_weights(p)
+    flat = kernels.to_cudnn_weights(p)
     assert flat.shape == (rnn.get_num_params_in_lstm(6, 16, 1, False),)
-    jax.tree.map(np.testing.assert_array_equal, model_lib.from_cudnn_weights(flat, 6, 16), p)
+    jax.tree.map(np.testing.assert_array_equal, kernels.from_cudnn_weights(flat, 6, 16), p)
 
     weights = rnn.init_lstm_weight(jax.random.key(2), 6, 16, 1, False)  # both biases random
-    (c, h), y = layer.apply({'params': model_lib.from_cudnn_weights(weights, 6, 16)}, carry, x)
+    (c, h), y = layer.apply({'params': kernels.from_cudnn_weights(weights, 6, 16)}, carry, x)
     y_ref, h_ref, c_ref = _cudnn_reference(x, carry[1][None], carry[0][None], weights, 6, 16)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h, h_ref[0], rtol=1e-5, atol=1e-6)
@@ -229,7 +229,7 @@ def test_bfloat16_matmuls_keep_float32_state():
 
 def test_dropout_masks_are_bernoulli_and_fresh_per_key():
     x = jnp.ones((8, 100, 256))
-    drop = model_lib.Dropout(0.1)
+    drop = kernels.Dropout(0.1)
     masks = [np.asarray(drop.apply({}, x, rngs={'dropout': jax.random.key(k)})) for k in (0, 1)]
     keep = masks[0] > 0
     assert abs(keep.mean() - 0.9) < 0.003  # 204,800 draws: 5 standard deviations
@@ -242,4 +242,4 @@ def test_dropout_masks_are_bernoulli_and_fresh_per_key():
         assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 0.01
     same = drop.apply({}, x, rngs={'dropout': jax.random.key(0)})
     np.testing.assert_array_equal(same, masks[0])
-    np.testing.assert_array_equal(model_lib.Dropout(0.1, deterministic=True).apply({}, x), x)
+    np.testing.assert_array_equal(kernels.Dropout(0.1, deterministic=True).apply({}, x), x)

@@ -1,5 +1,6 @@
 import functools
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -258,8 +259,33 @@ def test_check_options_names_the_bounds_and_the_flag():
 
 def test_greedy_makes_no_random_numbers(lm):
     m, params = lm
-    args = (m, sampler.step_weights(m, params), m.init_carry(1), jnp.zeros((1, V)),
+    args = (sampler.make_stepper(m, params), m.init_carry(1), jnp.zeros((1, V)),
             jax.random.key(0)[None], jnp.int32(0), jnp.zeros(1))
     greedy = sampler.generate.lower(*args, length=3, greedy=True).as_text()
     hot = sampler.generate.lower(*args, length=3, greedy=False).as_text()
     assert 'threefry' not in greedy and 'threefry' in hot
+
+
+@flax.struct.dataclass
+class CountingStepper:
+    """A fake model for `generate`: the next token is the last one plus `stride`, mod V."""
+
+    stride: jax.Array
+
+    def start(self, carry):
+        return carry
+
+    def step(self, state, tokens_B):
+        return state + 1, 10.0 * jax.nn.one_hot((tokens_B + self.stride) % V, V)
+
+    def carry(self, state):
+        return state
+
+
+def test_generate_drives_any_stepper():
+    logits = 10.0 * jax.nn.one_hot(jnp.array([3, 5]), V)  # the first tokens: 3 and 5
+    carry, _, tokens = sampler.generate(
+        CountingStepper(jnp.int32(2)), jnp.zeros(2, jnp.int32), logits,
+        jax.vmap(jax.random.key)(jnp.arange(2)), jnp.int32(0), jnp.full(2, 0.5), length=4)
+    np.testing.assert_array_equal(tokens, [[3, 5, 7, 9], [5, 7, 9, 11]])
+    np.testing.assert_array_equal(carry, [4, 4])  # the state went through every step
