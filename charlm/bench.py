@@ -343,20 +343,22 @@ def table(result: dict) -> str:
     return '\n'.join(lines)
 
 
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
-flags.DEFINE_integer('steps', 20, 'Train steps per timed repeat.')
-flags.DEFINE_integer('repeats', 3, 'Timed repeats; the median is reported.')
-flags.DEFINE_integer('warmup_steps', 5, 'Untimed steps after the first (compiling) one.')
-flags.DEFINE_bool('sample', False, 'Also time the sampler (1 and 256 streams by default).')
-flags.DEFINE_list('sample_streams', ['1', '256'], 'Stream counts for --sample.')
-flags.DEFINE_integer('sample_length', 512, 'Tokens generated per stream for --sample.')
-flags.DEFINE_integer('vocab_size', 65, 'Vocabulary of the random training tokens.')
-flags.DEFINE_bool('corpus', False, "Train on the config's corpus (data.path), not random "
-                  'tokens; implied when --config.data.path names a file.')
-flags.DEFINE_bool('compare_torch', False, 'Also run the same model in PyTorch (needs torch).')
-flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads; 0 = the CPUs available.')
-flags.DEFINE_string('json', None, 'Also write every figure to this JSON file.')
-flags.mark_flags_as_required(['config'])
+def define_flags() -> None:
+    """Only when run as a command: importing this module defines no flags."""
+    config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+    flags.DEFINE_integer('steps', 20, 'Train steps per timed repeat.')
+    flags.DEFINE_integer('repeats', 3, 'Timed repeats; the median is reported.')
+    flags.DEFINE_integer('warmup_steps', 5, 'Untimed steps after the first (compiling) one.')
+    flags.DEFINE_bool('sample', False, 'Also time the sampler (1 and 256 streams by default).')
+    flags.DEFINE_list('sample_streams', ['1', '256'], 'Stream counts for --sample.')
+    flags.DEFINE_integer('sample_length', 512, 'Tokens generated per stream for --sample.')
+    flags.DEFINE_integer('vocab_size', 65, 'Vocabulary of the random training tokens.')
+    flags.DEFINE_bool('corpus', False, "Train on the config's corpus (data.path), not random "
+                      'tokens; implied when --config.data.path names a file.')
+    flags.DEFINE_bool('compare_torch', False, 'Also run the same model in PyTorch (needs torch).')
+    flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads; 0 = the CPUs available.')
+    flags.DEFINE_string('json', None, 'Also write every figure to this JSON file.')
+    flags.mark_flags_as_required(['config'])
 
 
 @cli.one_line_errors
@@ -382,4 +384,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main, flags_parser=cli.parse_flags)

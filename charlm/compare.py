@@ -24,7 +24,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from charlm import checkpointing, cli, evaluate, metric_writer, plot, train
+from charlm import checkpointing, cli, metric_writer, plot, runs, train
 from charlm import model as model_lib
 from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
@@ -60,7 +60,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: str, workdir: pathlib.Path
     t0 = time.perf_counter()
     train.train_and_evaluate(config, str(workdir))
     wall = time.perf_counter() - t0
-    vocab = evaluate.read_run(str(workdir)).tokenizer.vocab_size
+    vocab = runs.find(str(workdir)).tokenizer.vocab_size
     scalars = metric_writer.read_scalars(str(workdir))
     n = config.num_train_steps
     unit = 'chars' if config.data.tokenizer == 'char' else 'tokens'

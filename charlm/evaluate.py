@@ -6,16 +6,14 @@
 
 The split is re-derived from the checkpoint's own config (corpus, val/test fractions)
 and scored over every target in the same fixed windows as training's validation, so
-`--step=N` reproduces the val loss logged at step N. `read_run()` and `restore()` are
-shared with the other analysis tools (charlm.gates).
+`--step=N` reproduces the val loss logged at step N. The checkpoint is found as every
+command finds one (`charlm.runs`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import pathlib
 from typing import Any
 
 import jax
@@ -24,87 +22,9 @@ import numpy as np
 from absl import app, flags
 from flax import jax_utils
 
-from charlm import checkpointing, cli, data, tokenizers, train
-from charlm import model as model_lib
+from charlm import cli, data, runs, tokenizers, train
 from charlm.errors import CharLMError
 from charlm.tokenizers import _show
-
-# ------------------------------------------------------------------ restoring a run
-
-
-@dataclasses.dataclass
-class Run:
-    """What a checkpoint says without its arrays: which one, its config and tokenizer."""
-
-    workdir: str
-    step: int
-    which: str  # 'best' or 'latest': the directory the step is read from
-    config: ml_collections.ConfigDict
-    tokenizer: tokenizers.Tokenizer
-
-
-@dataclasses.dataclass
-class Restored(Run):
-    """A checkpoint made usable: also its model and parameters (host arrays)."""
-
-    model: model_lib.RecurrentLM = None
-    params: Any = None
-
-
-def saved_steps(directory: pathlib.Path) -> list[int]:
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def close(ckpts: checkpointing.Checkpoints) -> None:
-    ckpts.close()  # waits for orbax's cleanup thread too
-
-
-def read_run(workdir: str, step: int | None = None) -> Run:
-    """The best checkpoint of `workdir` (the latest if none is best yet), or step `step`.
-
-    Reads only the JSON, so bad input fails in a second, before any compilation.
-    """
-    path = pathlib.Path(workdir).expanduser()
-    hint = 'train first: python -m charlm.main --config=... --workdir=' + str(workdir)
-    if not path.is_dir():
-        raise CharLMError(f'workdir not found: {workdir} ({hint})')
-    # Steps from the directory names (orbax names unfinished saves STEP.orbax-...-tmp), so
-    # bad input fails before any checkpoint manager starts its threads.
-    latest, best = saved_steps(path / 'checkpoints'), saved_steps(path / 'best')
-    if not latest and not best:
-        raise CharLMError(f'no checkpoint in {workdir} ({hint})')
-    if step is None:
-        use_best = bool(best)
-        step = max(best) if best else max(latest)
-    elif step in latest or step in best:
-        use_best = step not in latest
-    else:
-        saved = sorted(set(latest) | set(best))
-        raise CharLMError(f'no checkpoint of step {step} in {workdir}; saved steps: '
-                          f'{", ".join(map(str, saved))}')
-    ckpts = checkpointing.Checkpoints(str(path), create=False)
-    try:
-        saved = ckpts.read_json(step, best=use_best)
-    finally:
-        close(ckpts)
-    return Run(str(workdir), int(step), 'best' if use_best else 'latest',
-               ml_collections.ConfigDict(saved['config']), tokenizers.from_json(saved['tokenizer']))
-
-
-def restore(run: Run | str, step: int | None = None) -> Restored:
-    """The model and parameters of `run` (or of read_run(workdir, step))."""
-    if not isinstance(run, Run):
-        run = read_run(run, step)
-    try:
-        model = train.make_model(run.config, run.tokenizer.vocab_size, portable=True)
-    except (AttributeError, KeyError) as e:
-        raise CharLMError(f'the checkpoint config in {run.workdir} lacks a field this charlm '
-                          f'needs ({e}): it was written by another version') from None
-    params = train.restore_params(str(pathlib.Path(run.workdir).expanduser()), run.config,
-                                  model, run.step, run.which == 'best')
-    return Restored(**vars(run), model=model, params=params)
 
 
 def check_text(tokenizer: tokenizers.Tokenizer, text: str) -> None:
@@ -133,13 +53,13 @@ def split_of(config: ml_collections.ConfigDict, split: str) -> str:
     return parts[split]
 
 
-def score(restored: Restored, text: str) -> dict[str, Any]:
+def score(run: runs.Run, params, text: str) -> dict[str, Any]:
     """Loss per token (nats), bits per token and per character, perplexity, over `text`.
 
     Characters outside a char model's vocabulary are an error naming them; words outside
     a word model's vocabulary are scored as <unk> and counted in 'unknown_tokens'.
     """
-    tok, config = restored.tokenizer, restored.config
+    tok, config = run.tokenizer, run.config
     check_text(tok, text)
     ids = tok.encode(text)
     if len(ids) < 2:
@@ -148,8 +68,8 @@ def score(restored: Restored, text: str) -> dict[str, Any]:
     n = jax.device_count()
     layout = data.Layout(max(config.eval_batch_size // n, 1) * n, n, jax.local_device_count(),
                          jax.process_index())
-    eval_fn = train.parallel_steps(restored.model).eval  # cached: compiled once per model
-    params = jax_utils.replicate(restored.params)
+    eval_fn = train.parallel_steps(run.model).eval  # cached: compiled once per model
+    params = jax_utils.replicate(params)
     chars = train.predicted_chars(tok, text)  # all but the first token's, as in training
     metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, chars,
                              config.data.get('stateful', False))
@@ -167,7 +87,7 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     """What the command line prints: scores plus where the checkpoint and text came from."""
     if split and text_file:
         raise CharLMError('use --split or --text_file, not both')
-    run = read_run(workdir, step)
+    run = runs.find(workdir, step)
     if text_file:
         text, source = data.load_text(text_file), text_file
     else:
@@ -175,10 +95,9 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
         text = split_of(run.config, split)
         source = f'{split} split of {run.config.data.path}'
     check_text(run.tokenizer, text)  # before the slow part
-    restored = restore(run)
-    return {'workdir': workdir, 'checkpoint': restored.which, 'step': restored.step,
-            'source': source, 'cell': restored.model.cell,
-            'hidden_sizes': list(restored.model.hidden_sizes), **score(restored, text)}
+    return {'workdir': workdir, 'checkpoint': run.which, 'step': run.step,
+            'source': source, 'cell': run.model.cell,
+            'hidden_sizes': list(run.model.hidden_sizes), **score(run, run.params(), text)}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -212,7 +131,7 @@ def define_flags() -> None:
     flags.DEFINE_string('workdir', None, 'A training workdir (holds checkpoints/ and best/).')
     flags.DEFINE_enum('split', None, ['val', 'test'], "The run's split to score (default val).")
     flags.DEFINE_string('text_file', None, 'Score this UTF-8 file instead of a split.')
-    flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best checkpoint).')
+    flags.DEFINE_integer('step', None, runs.STEP_HELP)
     flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
     flags.mark_flags_as_required(['workdir'])
 

@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import linen as nn
 
-from charlm import cli, plot
+from charlm import cli, plot, runs
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -178,7 +178,7 @@ def gates(workdir: str, text: str, out: str, layer: int = 0, units: int = 16,
         raise CharLMError(f'--units={units}: need 0 (all) or more')
     if max_tokens < 1:
         raise CharLMError(f'--max_tokens={max_tokens}: need at least 1')
-    run = evaluate.read_run(workdir, step)
+    run = runs.find(workdir, step)
     check_cell(run.config.model.cell)  # errors first, before the slow restore
     tok = run.tokenizer
     evaluate.check_text(tok, text)
@@ -191,17 +191,16 @@ def gates(workdir: str, text: str, out: str, layer: int = 0, units: int = 16,
     m = run.config.model
     check_layer(layer, len(model_lib.hidden_sizes_from(m.num_layers, m.hidden_size,
                                                        m.hidden_sizes)))
-    restored = evaluate.restore(run)
-    acts = capture(restored.model, restored.params, jnp.asarray(ids)[None], layer)
+    acts = capture(run.model, run.params(), jnp.asarray(ids)[None], layer)
     diff = float(np.abs(acts['logits'] - acts['model_logits']).max())
     if diff > 1e-3 * max(1.0, float(np.abs(acts['model_logits']).max())):
         logging.warning('the stepped cells reproduce the model\'s logits only to %.2g: the '
                         'model has changed in a way charlm.gates does not follow', diff)
-    m = restored.model
+    m = run.model
     size = m.hidden_sizes[layer]
     title = (f'{m.cell.upper()} layer {layer} of {len(m.hidden_sizes)} '
              f'({size} units, first {min(units or size, size)} shown)'
-             f' - {pathlib.Path(workdir).name}, step {restored.step}')
+             f' - {pathlib.Path(workdir).name}, step {run.step}')
     draw(acts, token_labels(tok, ids), units, out, title)
     return acts
 
@@ -219,7 +218,7 @@ def define_flags() -> None:
     flags.DEFINE_string('text_file', None, 'Read the text from this file instead.')
     flags.DEFINE_integer('layer', 0, 'Which recurrent layer (0 = next to the embedding).')
     flags.DEFINE_integer('units', 16, 'Show the first N units (0 = all).')
-    flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best checkpoint).')
+    flags.DEFINE_integer('step', None, runs.STEP_HELP)
     flags.DEFINE_integer('max_tokens', 200, 'Columns at most; a longer text is cut.')
     flags.DEFINE_string('out', 'gates.png', 'The figure to write: .png, .pdf, .svg, ...')
     flags.mark_flags_as_required(['workdir'])

@@ -14,14 +14,18 @@ from ml_collections import config_flags
 from charlm import cli, distributed, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints and TensorBoard events go here.')
-flags.DEFINE_bool('multihost', False, 'Join a multi-process job found by JAX (TPU pod, SLURM).')
-flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for explicit set-up.')
-flags.DEFINE_integer('num_processes', None, 'Processes in the job (explicit set-up).')
-flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (explicit set-up).')
-flags.DEFINE_integer('init_timeout', 120, 'Seconds to wait for the other processes.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags() -> None:
+    """Only when run as a command: importing this module defines no flags."""
+    config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Checkpoints and TensorBoard events go here.')
+    flags.DEFINE_bool('multihost', False, 'Join a multi-process job found by JAX (TPU pod, SLURM).')
+    flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for explicit set-up.')
+    flags.DEFINE_integer('num_processes', None, 'Processes in the job (explicit set-up).')
+    flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (explicit set-up).')
+    flags.DEFINE_integer('init_timeout', 120, 'Seconds to wait for the other processes.')
+    flags.mark_flags_as_required(['config', 'workdir'])
 
 
 @cli.one_line_errors
@@ -36,4 +40,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main, flags_parser=cli.parse_flags)

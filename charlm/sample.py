@@ -3,7 +3,7 @@ r"""Samples text from a trained model; the workdir is only read.
   python -m charlm.sample --workdir=runs/shakespeare --prompt="ROMEO:" --length=500 \
       --temperature=0.8 --top_k=20 --top_p=0.95 --num_samples=3 --seed=0
 
-Restores the best checkpoint (--step=N: that step of the latest checkpoints) with the
+Restores the best checkpoint (--step=N: that step, as in every command) with the
 tokenizer and config it was trained with, on whatever devices this machine has. The
 first sample is printed as it is generated; with several samples or temperatures
 (--temperature=0.5,1.0,1.5: one sample per temperature, the same seed) each comes under
@@ -12,8 +12,6 @@ a `==> sample i of n ... <==` header. An empty --prompt starts from --start (a n
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import pathlib
 import sys
@@ -21,32 +19,33 @@ import warnings
 from typing import TextIO
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 
-from charlm import checkpointing, cli, sampler, tokenizers, train
-from charlm import model as model_lib
+from charlm import cli, runs, sampler
 from charlm.errors import CharLMError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'A training workdir (python -m charlm.main --workdir).')
-flags.DEFINE_string('prompt', '', 'Text the samples continue; printed before each sample.')
-flags.DEFINE_string('start', '\n', 'What an empty --prompt starts from (not printed).')
-flags.DEFINE_integer('length', 500, 'Tokens per sample: characters, or words for word models.')
-flags.DEFINE_list('temperature', ['1.0'], '> 0 samples, 0 = greedy; a comma-separated list '
-                  'prints one sample per temperature from the same seed.')
-flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = off).')
-flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set holding this probability, after top_k '
-                   '(1 = off).')
-flags.DEFINE_integer('num_samples', 1, 'Independent samples (per temperature), made at once.')
-flags.DEFINE_integer('seed', 0, 'Same seed, same samples.')
-flags.DEFINE_integer('step', None, 'Sample from this step of WORKDIR/checkpoints instead of '
-                     'the best checkpoint.')
-flags.DEFINE_string('output', None, 'Also write the samples (as printed) to this file, once '
-                    'they are all made (until then an existing file is left as it was).')
-flags.DEFINE_integer('chunk', sampler.CHUNK, 'Tokens per compiled call: output appears in '
-                     'pieces of this size.')
-flags.mark_flags_as_required(['workdir'])
+
+
+def define_flags() -> None:
+    """Only when run as a command: importing this module defines no flags."""
+    flags.DEFINE_string('workdir', None, 'A training workdir (python -m charlm.main --workdir).')
+    flags.DEFINE_string('prompt', '', 'Text the samples continue; printed before each sample.')
+    flags.DEFINE_string('start', '\n', 'What an empty --prompt starts from (not printed).')
+    flags.DEFINE_integer('length', 500, 'Tokens per sample: characters, or words for word models.')
+    flags.DEFINE_list('temperature', ['1.0'], '> 0 samples, 0 = greedy; a comma-separated list '
+                      'prints one sample per temperature from the same seed.')
+    flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = off).')
+    flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set holding this probability, after top_k '
+                       '(1 = off).')
+    flags.DEFINE_integer('num_samples', 1, 'Independent samples (per temperature), made at once.')
+    flags.DEFINE_integer('seed', 0, 'Same seed, same samples.')
+    flags.DEFINE_integer('step', None, runs.STEP_HELP)
+    flags.DEFINE_string('output', None, 'Also write the samples (as printed) to this file, once '
+                        'they are all made (until then an existing file is left as it was).')
+    flags.DEFINE_integer('chunk', sampler.CHUNK, 'Tokens per compiled call: output appears in '
+                         'pieces of this size.')
+    flags.mark_flags_as_required(['workdir'])
 
 
 def parse_temperatures(values: list[str]) -> tuple[float, ...]:
@@ -58,71 +57,6 @@ def parse_temperatures(values: list[str]) -> tuple[float, ...]:
     if not temps:
         raise CharLMError('--temperature needs at least one value')
     return temps
-
-
-@dataclasses.dataclass
-class Saved:
-    """A checkpoint's tokenizer and model, read without its arrays; `params()` reads those."""
-
-    workdir: pathlib.Path
-    step: int
-    best: bool
-    tokenizer: tokenizers.Tokenizer
-    config: ml_collections.ConfigDict
-    model: model_lib.RecurrentLM
-    meta: dict
-
-    @property
-    def where(self) -> str:
-        return f'{self.workdir}/{"best" if self.best else "checkpoints"}/{self.step}'
-
-    def describe(self) -> str:
-        val = self.meta.get('best_val_loss') if self.best else None
-        loss = f', val loss {val:.4f}' if isinstance(val, float) and math.isfinite(val) else ''
-        tok = self.tokenizer
-        return f'{self.where} ({tok.kind} model, {tok.vocab_size} tokens{loss})'
-
-    def params(self):
-        """The parameters, on this machine's default device whatever it was trained on."""
-        params = train.restore_params(str(self.workdir), self.config, self.model, self.step,
-                                      self.best)
-        return jax.device_put(params)
-
-
-def find(workdir: str, step: int | None = None) -> Saved:
-    """The best checkpoint of `workdir` (the latest if it has no best), or step `step`."""
-    path = pathlib.Path(workdir).expanduser().absolute()
-    if not path.is_dir():
-        raise CharLMError(f'workdir {path} does not exist')
-    ckpts = checkpointing.Checkpoints(str(path), create=False)
-    try:
-        if step is None:
-            best = ckpts.latest_step(best=True) is not None
-            step = ckpts.latest_step(best=best)
-            if step is None:
-                raise CharLMError(f'no checkpoint in {path}: train one first with '
-                                  f'python -m charlm.main --workdir={workdir}')
-        else:
-            best = False
-            steps = ckpts.latest.all_steps()
-            if step not in steps:
-                have = ', '.join(map(str, steps)) or 'none'
-                raise CharLMError(f'no checkpoint at step {step} in {path}/checkpoints '
-                                  f'(steps there: {have})')
-        saved = ckpts.read_json(step, best=best)
-    finally:
-        ckpts.close()
-    try:
-        tokenizer = tokenizers.from_json(saved['tokenizer'])
-        config = ml_collections.ConfigDict(saved['config'])
-        model = train.make_model(config, tokenizer.vocab_size, portable=True)
-    except CharLMError:
-        raise
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise CharLMError(f'checkpoint {path}/{step} is unreadable: its tokenizer or config is '
-                          f'damaged or from another charlm version ({type(e).__name__}: {e})'
-                          ) from None
-    return Saved(path, step, best, tokenizer, config, model, saved.get('meta') or {})
 
 
 def header(i: int, n: int, temperature: float, seed: int) -> str:
@@ -141,7 +75,7 @@ def run(workdir: str, prompt: str = '', length: int = 500,
     temps = sampler.temperatures(temperature)
     if chunk <= 0:
         raise CharLMError(f'--chunk must be positive, got {chunk}')
-    saved = find(workdir, step)
+    saved = runs.find(workdir, step)
     tokenizer, model = saved.tokenizer, saved.model
     sampler.check_options(length, temps, top_k, top_p, num_samples, tokenizer.vocab_size,
                           prefix='--')
@@ -150,7 +84,7 @@ def run(workdir: str, prompt: str = '', length: int = 500,
         prompt_ids = sampler.encode_prompt(tokenizer, prompt, start, warn=True)
     for w in caught:
         logging.warning('%s', w.message)
-    params = saved.params()  # the slow part, after every check that needs no arrays
+    params = saved.params(device_put=True)  # the slow part, after every check that needs no arrays
     devices = jax.devices()
     logging.info('sampling %d x %d %s from %s on %s (%d device%s here)', len(temps) * num_samples,
                  length, 'chars' if tokenizer.kind == 'char' else 'tokens', saved.describe(),
@@ -237,4 +171,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main, flags_parser=cli.parse_flags)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 
 from charlm import cli
 from charlm.errors import CharLMError
@@ -106,3 +106,12 @@ def test_check_output_read_only(tmp_path):
             cli.check_output(str(tmp_path / 'ro.png'))
     finally:
         (tmp_path / 'ro').chmod(0o755)
+
+
+def test_every_command_imports_with_every_other():
+    """Flags are defined when a command runs, so a notebook can import them all."""
+    modules = ['main', 'sample', 'bench', 'evaluate', 'gates', 'compare', 'plot', 'corpus_stats']
+    code = '; '.join(f'import charlm.{m}' for m in modules) + '; print("imported")'
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and 'imported' in proc.stdout, proc.stderr[-2000:]

@@ -6,13 +6,14 @@ test that a word model trains; compare_test.py checks the same for char models.
 
 import json
 import math
+import pathlib
 
 import jax
 import numpy as np
 import pytest
 from conftest import SHAKESPEARE_LIKE, assert_one_line_error, run_cli
 
-from charlm import checkpointing, evaluate, metric_writer, tokenizers, train
+from charlm import checkpointing, evaluate, metric_writer, runs, tokenizers, train
 from charlm.errors import CharLMError
 from charlm.tokenizers import WordTokenizer
 
@@ -63,8 +64,8 @@ def test_evaluate_reproduces_the_logged_val_loss(trained):
 
 
 def test_restored_word_model_has_the_per_layer_shapes(trained):
-    restored = evaluate.restore(trained[0])
-    p, vocab = restored.params, restored.tokenizer.vocab_size
+    restored = runs.find(trained[0])
+    p, vocab = restored.params(), restored.tokenizer.vocab_size
     assert restored.tokenizer.kind == 'word' and restored.model.hidden_sizes == (16, 12)
     assert p['lstm_0']['ii']['kernel'].shape == (8, 16)
     assert p['lstm_1']['ii']['kernel'].shape == (16, 12)
@@ -126,3 +127,15 @@ def test_bad_input_is_one_line(tiny_config, tmp_path, what):
         text.write_text('First Citizen: 5 €\n', encoding='utf-8')
         proc = run_cli('charlm.evaluate', f'--workdir={tmp_path}/chars', f'--text_file={text}')
         assert_one_line_error(proc, "never saw in training: '5', '€'")
+
+
+def test_a_step_means_the_same_in_every_command(trained):
+    """runs.find, which sample, evaluate, gates and compare share: the best checkpoint by
+    default, and --step=N from checkpoints/ or, if only there, best/."""
+    workdir, _ = trained
+    best = runs.find(workdir)
+    assert best.best and best.where.endswith(f'/best/{best.step}')
+    for step in runs.saved_steps(pathlib.Path(workdir) / 'checkpoints'):
+        assert not runs.find(workdir, step).best
+    with pytest.raises(CharLMError, match='no checkpoint of step 3'):
+        runs.find(workdir, 3)

@@ -129,7 +129,7 @@ def test_word_model_warns_about_unknown_words(tmp_path, caplog):
     (['--top_p=1.01'], '--top_p must be in (0, 1]'),
     (['--length=0'], '--length must be positive'),
     (['--num_samples=0'], '--num_samples must be positive'),
-    (['--step=7'], 'no checkpoint at step 7'),
+    (['--step=7'], 'no checkpoint of step 7'),
     (['--output=/no/such/dir/out.txt'], 'cannot write --output=/no/such/dir/out.txt'),
 ])
 def test_bad_input_is_one_line_and_leaves_the_output_file(workdir, tmp_path, args, match):

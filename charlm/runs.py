@@ -1,0 +1,104 @@
+"""Finding a trained run in its workdir: the one way sample, evaluate, gates and compare
+read a checkpoint, so `--step` means the same in every command.
+
+  run = runs.find('runs/shakespeare')             # the best checkpoint (else the latest)
+  run = runs.find('runs/shakespeare', step=4000)  # step 4000: checkpoints/, else best/
+  params = run.params()                           # the arrays, read last
+
+`find` reads only the JSON (tokenizer, config, meta), so bad input fails in a second,
+before any array is read or anything compiles. Nothing here writes to the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+import jax
+import ml_collections
+
+from charlm import checkpointing, tokenizers, train
+from charlm import model as model_lib
+from charlm.errors import CharLMError
+
+STEP_HELP = ('Checkpoint step: step N of WORKDIR/checkpoints (or of WORKDIR/best, if only '
+             'there); default: the best checkpoint, else the latest.')
+
+
+@dataclasses.dataclass
+class Run:
+    """A checkpoint of a workdir, read without its arrays; `params()` reads those."""
+
+    workdir: pathlib.Path
+    step: int
+    best: bool  # read from best/ (else checkpoints/)
+    config: ml_collections.ConfigDict
+    tokenizer: tokenizers.Tokenizer
+    model: model_lib.RecurrentLM
+    meta: dict
+
+    @property
+    def which(self) -> str:
+        return 'best' if self.best else 'latest'
+
+    @property
+    def where(self) -> str:
+        return f'{self.workdir}/{"best" if self.best else "checkpoints"}/{self.step}'
+
+    def describe(self) -> str:
+        val = self.meta.get('best_val_loss') if self.best else None
+        loss = f', val loss {val:.4f}' if isinstance(val, float) and math.isfinite(val) else ''
+        tok = self.tokenizer
+        return f'{self.where} ({tok.kind} model, {tok.vocab_size} tokens{loss})'
+
+    def params(self, device_put: bool = False):
+        """The parameters as host arrays (or on this machine's default device)."""
+        params = train.restore_params(str(self.workdir), self.config, self.model, self.step,
+                                      self.best)
+        return jax.device_put(params) if device_put else params
+
+
+def saved_steps(directory: pathlib.Path) -> list[int]:
+    """Completed saves, from the directory names (orbax names unfinished ones STEP.orbax-...),
+    so bad input fails before any checkpoint manager starts its threads."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def find(workdir: str, step: int | None = None) -> Run:
+    """The best checkpoint of `workdir` (the latest if none is best yet), or step `step`."""
+    path = pathlib.Path(workdir).expanduser().absolute()
+    hint = f'train one first: python -m charlm.main --config=... --workdir={workdir}'
+    if not str(workdir).strip():
+        raise CharLMError('--workdir is empty: name a training workdir')
+    if not path.is_dir():
+        raise CharLMError(f'workdir {path} does not exist ({hint})')
+    latest, best = saved_steps(path / 'checkpoints'), saved_steps(path / 'best')
+    if not latest and not best:
+        raise CharLMError(f'no checkpoint in {path} ({hint})')
+    if step is None:
+        use_best = bool(best)
+        step = max(best) if best else max(latest)
+    elif step in latest or step in best:
+        use_best = step not in latest
+    else:
+        have = ', '.join(map(str, sorted(set(latest) | set(best))))
+        raise CharLMError(f'no checkpoint of step {step} in {path}; saved steps: {have}')
+    ckpts = checkpointing.Checkpoints(str(path), create=False)
+    try:
+        saved = ckpts.read_json(step, best=use_best)
+    finally:
+        ckpts.close()  # waits for orbax's threads too
+    try:
+        tokenizer = tokenizers.from_json(saved['tokenizer'])
+        config = ml_collections.ConfigDict(saved['config'])
+        model = train.make_model(config, tokenizer.vocab_size, portable=True)
+    except CharLMError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CharLMError(f'checkpoint {path}/{step} is unreadable: its tokenizer or config is '
+                          f'damaged or from another charlm version ({type(e).__name__}: {e})'
+                          ) from None
+    return Run(path, int(step), use_best, config, tokenizer, model, saved.get('meta') or {})
