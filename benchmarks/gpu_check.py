@@ -315,7 +315,7 @@ def train_losses(config_name: str, data_path: str | None, steps: int, precision:
     config = importlib.import_module(f'configs.{config_name}').get_config()
     if data_path:
         config.data.path = data_path
-    corpus = train.load_corpus(config)
+    corpus = data.load_corpus(config)
     model = train.make_model(config, corpus.tokenizer.vocab_size)
     layout = data.Layout(config.batch_size, jax.device_count(), jax.local_device_count(),
                          jax.process_index())

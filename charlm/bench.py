@@ -80,7 +80,7 @@ def _tokens(config: ml_collections.ConfigDict, vocab_size: int, corpus: bool | N
     if corpus is None:
         corpus = config.data.path not in ('', data.BUILTIN)
     if corpus:
-        c = train.load_corpus(config)
+        c = data.load_corpus(config)
         return c.tokens['train'], c.tokenizer.vocab_size, f'corpus {config.data.path}'
     if vocab_size < 1:
         raise CharLMError(f'--vocab_size must be positive, got {vocab_size}')
@@ -200,7 +200,7 @@ def bench_torch(config: ml_collections.ConfigDict, vocab_size: int, *, steps: in
     """The PyTorch twin of `config` in a child process (its own start-up and memory)."""
     check_torch(config)
     m = config.model
-    sizes = model_lib.hidden_sizes_from(m.num_layers, m.hidden_size, m.hidden_sizes)
+    sizes = train.layer_sizes(config)
     with tempfile.TemporaryDirectory() as tmp:
         out_path = pathlib.Path(tmp) / 'torch.json'
         cmd = [sys.executable, str(TORCH_SCRIPT), f'--vocab_size={vocab_size}',
@@ -251,8 +251,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, repeats: int = 3,
         'host': f'{platform.node()}, {cpu_count()} CPUs, {platform.platform()}',
         'code': code_version(),
         'model': {'cell': m.cell, 'embed_dim': m.embed_dim,
-                  'hidden_sizes': list(model_lib.hidden_sizes_from(
-                      m.num_layers, m.hidden_size, m.hidden_sizes)),
+                  'hidden_sizes': list(train.layer_sizes(config)),
                   'dropout_rate': m.dropout_rate, 'unroll': m.unroll, 'dtype': m.dtype,
                   'vocab_size': ours['vocab_size']},
         'batch_size': config.batch_size, 'seq_len': config.data.seq_len,
@@ -361,7 +360,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['config'])
 
 
-@cli.one_line_errors
+@cli.command
 def main(argv):
     try:
         streams = tuple(int(s) for s in FLAGS.sample_streams)

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from charlm import model as model_lib
 from charlm.errors import CharLMError
 
 _ITEMS = ('state', 'tokenizer', 'config', 'meta', 'integrity')
@@ -210,6 +211,30 @@ class Checkpoints:
             if wait is not None:
                 wait()
             mngr.close()
+
+
+def _model_fields(config) -> dict:
+    """What fixes the parameter shapes (the vocabulary is checked with the tokenizer)."""
+    m = config['model']
+    sizes = model_lib.hidden_sizes_from(m['num_layers'], m['hidden_size'], m['hidden_sizes'])
+    return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes}
+
+
+def check_same_model(saved: dict, config, workdir) -> None:
+    """A workdir remembers its model: a config of another shape (or statefulness) is an
+    error before anything is restored or written."""
+    old, new = _model_fields(saved), _model_fields(config)
+    diff = [f'{k}: {old[k]} in checkpoint, {new[k]} in config' for k in new if old[k] != new[k]]
+    was_stateful = saved['data'].get('stateful', False)
+    if was_stateful != config.data.stateful:
+        diff.append(f'data.stateful: {was_stateful} in checkpoint, {config.data.stateful} in '
+                    'config')
+    elif was_stateful and saved['batch_size'] != config.batch_size:
+        diff.append(f'batch_size (streams of the carried state): {saved["batch_size"]} in '
+                    f'checkpoint, {config.batch_size} in config')
+    if diff:
+        raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
+                          'use a new --workdir, or the checkpoint\'s settings')
 
 
 def has_checkpoint(workdir: str) -> bool:

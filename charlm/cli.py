@@ -172,13 +172,16 @@ def check_output(path: str, suffixes: Collection[str] | None = None, flag: str =
     return p
 
 
-def one_line_errors(main=None, *, positional: bool = False):
-    """Runs an absl main; a CharLMError becomes `charlm: error: ...` and exit code 2.
+def command(main=None, *, positional: bool = False):
+    """Makes an absl main a charlm command: what every command does before and around it.
 
-    Commands take flags only, unless `positional=True` (then main reads argv[1:]).
+    Before: tunes glibc's malloc (`host_allocator`), keeps orbax's INFO lines off the
+    console (`quiet_libraries`) and turns on JAX's compile cache (`compilation_cache`).
+    Around: a CharLMError becomes `charlm: error: ...` and exit code 2. Commands take
+    flags only, unless `positional=True` (then main reads argv[1:]).
     """
     if main is None:
-        return functools.partial(one_line_errors, positional=positional)
+        return functools.partial(command, positional=positional)
 
     @functools.wraps(main)
     def wrapped(argv):

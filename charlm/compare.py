@@ -75,15 +75,10 @@ def run_cell(config: ml_collections.ConfigDict, cell: str, workdir: pathlib.Path
     }
 
 
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f'{m}:{s:02d}' if m else f'{seconds:.1f} s'
-
-
 def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> str:
     unit = 'chars' if config.data.tokenizer == 'char' else 'tokens'
     m = config.model
-    sizes = model_lib.hidden_sizes_from(m.num_layers, m.hidden_size, m.hidden_sizes)
+    sizes = train.layer_sizes(config)
     lines = [
         f'Same data ({config.data.path}, {config.data.tokenizer} tokens), seed {config.seed}, '
         f'{config.num_train_steps} steps of {config.batch_size} x {config.data.seq_len} tokens, '
@@ -93,7 +88,7 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
         '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for r in rows:
-        wall = _duration(r['wall_seconds']) + (' (resumed)' if r['resumed'] else '')
+        wall = metric_writer.duration(r['wall_seconds']) + (' (resumed)' if r['resumed'] else '')
         lines.append(f'| {r["cell"]} | {r["parameters"]:,} | {r["train_loss"]:.4f} | '
                      f'{r["val_loss"]:.4f} | {r["val_bits_per_char"]:.4f} | '
                      f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
@@ -146,7 +141,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['config', 'out'])
 
 
-@cli.one_line_errors
+@cli.command
 def main(argv):
     compare(FLAGS.config, FLAGS.cells, FLAGS.out, FLAGS.steps)
     out = pathlib.Path(FLAGS.out)

@@ -23,13 +23,6 @@ from ml_collections import config_flags
 from charlm import cli, data, plot, tokenizers
 from charlm.errors import CharLMError
 
-VISIBLE = {' ': '␣', '\n': '⏎', '\t': '⇥', '\r': '␍'}
-
-
-def visible(token: str) -> str:
-    """Whitespace and other invisible characters as symbols one can read on an axis."""
-    return ''.join(VISIBLE.get(c, c if c.isprintable() else f'U+{ord(c):04X}') for c in token)
-
 
 def corpus_stats(config: ml_collections.ConfigDict, top: int = 30) -> dict[str, Any]:
     d = config.data
@@ -77,9 +70,10 @@ def report(stats: dict[str, Any]) -> str:
                      f'{100 * s["unk_share"]:.2f}% of the word tokens read as <unk>')
     unit = 'characters' if s['tokenizer'] == 'char' else 'word tokens'
     lines.append(f'most frequent {unit} (count, share):')
-    width = max(len(visible(t)) for t, _, _ in s['top'])
+    width = max(len(tokenizers.visible(t)) for t, _, _ in s['top'])
     for rank, (t, n, share) in enumerate(s['top'], 1):
-        lines.append(f'  {rank:>3}. {visible(t):<{width}}  {n:>12,}  {100 * share:6.2f}%')
+        shown = tokenizers.visible(t)
+        lines.append(f'  {rank:>3}. {shown:<{width}}  {n:>12,}  {100 * share:6.2f}%')
     return '\n'.join(lines)
 
 
@@ -91,7 +85,7 @@ def draw(stats: dict[str, Any], out: str) -> str:
 
     top = stats['top']
     words = stats['tokenizer'] == 'word'
-    labels = [visible(t) for t, _, _ in top]
+    labels = [tokenizers.visible(t) for t, _, _ in top]
     shares = [100 * share for _, _, share in top]
     colors = ['#d97706' if t.isspace() else '#3b82f6' for t, _, _ in top]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.34 * len(top) + 1.5), 4.6))
@@ -130,7 +124,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['config'])
 
 
-@cli.one_line_errors
+@cli.command
 def main(argv):
     if FLAGS.top <= 0:
         raise CharLMError(f'--top={FLAGS.top}: need at least 1')

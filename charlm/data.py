@@ -22,9 +22,11 @@ import os
 import pathlib
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
+from charlm import tokenizers
 from charlm.errors import CharLMError
 
 BUILTIN = 'builtin:shakespeare'
@@ -129,6 +131,40 @@ def split_text(text: str, val_fraction: float = 0.1, test_fraction: float = 0.0
             'test': text[n_train + n_val:]}
 
 
+# ------------------------------------------------------------------ a config's corpus
+
+
+@dataclasses.dataclass
+class Corpus:
+    tokenizer: Any
+    tokens: dict[str, np.ndarray]  # split -> int32 ids
+    chars: dict[str, int]  # split -> characters predicted (all but the first token's)
+
+
+def load_corpus(config, tokenizer=None) -> Corpus:
+    """Reads, splits and encodes the corpus; builds the tokenizer on the whole text."""
+    d = config.data
+    text = load_text(d.path, d.cache_dir or None)
+    splits = split_text(text, d.val_fraction, d.test_fraction)
+    built = tokenizers.build(d.tokenizer, text, d.max_vocab, d.min_count, d.lowercase)
+    if tokenizer is not None and tokenizer != built:
+        raise CharLMError(
+            f'the checkpoint was trained with a different vocabulary ({tokenizer.vocab_size} '
+            f'{tokenizer.kind} tokens) than this corpus gives ({built.vocab_size}): use a new '
+            '--workdir for a new corpus')
+    tokens = {k: built.encode(v) for k, v in splits.items() if v}
+    chars = {k: predicted_chars(built, v) for k, v in splits.items() if v}
+    unit = 'characters' if built.kind == 'char' else 'words'
+    for name in ('train', 'val'):
+        check_length(name, tokens.get(name, np.zeros(0)), d.seq_len, unit)
+    return Corpus(built, tokens, chars)
+
+
+def predicted_chars(tokenizer, text: str) -> int:
+    """Characters a model predicts in `text`: all but those of the first token."""
+    return len(text) - len(tokenizer.decode(tokenizer.encode(text)[:1]))
+
+
 # ------------------------------------------------------------------ batches
 
 
@@ -167,6 +203,18 @@ class Layout:
     def shard(self, x_NxT: np.ndarray) -> np.ndarray:
         """[local rows, T] -> [D, B, T]."""
         return x_NxT.reshape(self.local_devices, self.per_device, *x_NxT.shape[1:])
+
+
+def eval_layout(eval_batch_size: int, num_devices: int | None = None,
+                local_devices: int | None = None, process_index: int | None = None) -> Layout:
+    """Evaluation's layout: `eval_batch_size` windows, rounded down to whole rows per device
+    (at least one each); the devices default to this job's."""
+    if num_devices is None:
+        import jax  # only here: data.py needs no JAX otherwise
+        num_devices, local_devices = jax.device_count(), jax.local_device_count()
+        process_index = jax.process_index()
+    per_device = max(eval_batch_size // num_devices, 1)
+    return Layout(per_device * num_devices, num_devices, local_devices, process_index or 0)
 
 
 def window_starts(num_tokens: int, seq_len: int, step: int, seed: int, batch: int) -> np.ndarray:

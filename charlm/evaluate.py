@@ -16,7 +16,6 @@ import json
 import math
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -65,12 +64,10 @@ def score(run: runs.Run, params, text: str) -> dict[str, Any]:
     if len(ids) < 2:
         raise CharLMError(f'the text has {len(ids)} tokens; scoring needs at least 2')
     # The same eval batch as training's validation: same windows, same sums.
-    n = jax.device_count()
-    layout = data.Layout(max(config.eval_batch_size // n, 1) * n, n, jax.local_device_count(),
-                         jax.process_index())
+    layout = data.eval_layout(config.eval_batch_size)
     eval_fn = train.parallel_steps(run.model).eval  # cached: compiled once per model
     params = jax_utils.replicate(params)
-    chars = train.predicted_chars(tok, text)  # all but the first token's, as in training
+    chars = data.predicted_chars(tok, text)  # all but the first token's, as in training
     metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, chars,
                              config.data.get('stateful', False))
     return {
@@ -136,7 +133,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['workdir'])
 
 
-@cli.one_line_errors
+@cli.command
 def main(argv):
     r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step)
     if FLAGS.json:

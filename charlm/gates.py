@@ -29,8 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import linen as nn
 
-from charlm import cli, plot, runs
-from charlm import model as model_lib
+from charlm import cli, plot, runs, tokenizers, train
 from charlm.errors import CharLMError
 
 # Gate name -> (input Dense, hidden Dense) of the Flax cell; the panel order of the figure.
@@ -40,7 +39,6 @@ GATES = {
 }
 REFERENCE_CELLS = {'lstm': nn.LSTMCell, 'gru': nn.GRUCell}
 STATE = {'lstm': 'cell state', 'gru': 'hidden state'}
-VISIBLE = {'\n': '⏎', ' ': '␣', '\t': '⇥'}
 
 
 def check_cell(cell: str) -> None:
@@ -119,7 +117,7 @@ def token_labels(tokenizer, ids) -> list[str]:
 
     Word labels are turned on their side, where a lone ⏎ is too small: there '\\n'.
     """
-    visible = VISIBLE if tokenizer.kind == 'char' else {'\n': '\\n'}
+    visible = tokenizers.VISIBLE if tokenizer.kind == 'char' else {'\n': '\\n'}
     words = [tokenizer.itos[int(i)] for i in ids]
     return [''.join(visible.get(c, c) for c in w) if w.isspace() else w for w in words]
 
@@ -188,9 +186,7 @@ def gates(workdir: str, text: str, out: str, layer: int = 0, units: int = 16,
     if len(ids) > max_tokens:
         logging.warning('showing the first %d of %d tokens (--max_tokens)', max_tokens, len(ids))
         ids = ids[:max_tokens]
-    m = run.config.model
-    check_layer(layer, len(model_lib.hidden_sizes_from(m.num_layers, m.hidden_size,
-                                                       m.hidden_sizes)))
+    check_layer(layer, len(train.layer_sizes(run.config)))
     acts = capture(run.model, run.params(), jnp.asarray(ids)[None], layer)
     diff = float(np.abs(acts['logits'] - acts['model_logits']).max())
     if diff > 1e-3 * max(1.0, float(np.abs(acts['model_logits']).max())):
@@ -224,7 +220,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['workdir'])
 
 
-@cli.one_line_errors
+@cli.command
 def main(argv):
     if FLAGS.text_file:
         from charlm import data

@@ -28,7 +28,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['config', 'workdir'])
 
 
-@cli.one_line_errors
+@cli.command
 def main(argv):
     distributed.initialize(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.init_timeout)  # before any device is used

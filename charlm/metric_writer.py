@@ -40,7 +40,7 @@ class MetricWriter:
             self._writer.close()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -60,8 +60,8 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (self.total - step) if done > 0 else 0.0
         return (f'step {step:>{len(str(self.total))}}/{self.total}  loss {loss:.4f}  '
-                f'{chars_per_sec:,.0f} {unit}/s  elapsed {_duration(elapsed)}  '
-                f'eta {_duration(eta)}')
+                f'{chars_per_sec:,.0f} {unit}/s  elapsed {duration(elapsed)}  '
+                f'eta {duration(eta)}')
 
     def log(self, *args, **kwargs) -> None:
         if jax.process_index() == 0:

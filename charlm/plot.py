@@ -102,7 +102,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['workdir'])
 
 
-@cli.one_line_errors(positional=True)
+@cli.command(positional=True)
 def main(argv):
     workdirs = FLAGS.workdir + argv[1:]  # --workdir=a b c: the shell gives b and c as args
     print(f'wrote {plot_runs([os.path.expanduser(w) for w in workdirs], FLAGS.out, FLAGS.title)}')

@@ -17,6 +17,8 @@ import pathlib
 
 import jax
 import ml_collections
+import numpy as np
+from absl import logging
 
 from charlm import checkpointing, tokenizers, train
 from charlm import model as model_lib
@@ -54,9 +56,39 @@ class Run:
 
     def params(self, device_put: bool = False):
         """The parameters as host arrays (or on this machine's default device)."""
-        params = train.restore_params(str(self.workdir), self.config, self.model, self.step,
+        params = restore_params(str(self.workdir), self.config, self.model, self.step,
                                       self.best)
         return jax.device_put(params) if device_put else params
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
+                   best: bool = False):
+    """The parameters saved at `step` (host arrays, whatever device count trained them).
+
+    The target's shapes come from tracing create_state, with no compilation.
+    """
+    carry = config.batch_size if config.data.get('stateful', False) else 0
+    shapes = jax.eval_shape(
+        lambda: train.create_state(model, train.make_optimizer(config), jax.random.key(0), carry))
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    ckpts = checkpointing.Checkpoints(workdir, create=False)
+    try:
+        for _ in range(3):
+            try:
+                return ckpts.restore_state(target, step, best=best).params
+            except checkpointing.CheckpointRemoved as e:
+                # The run training this workdir replaced it (the best, or the oldest of
+                # the latest saves): read its successor, the newest of the same kind.
+                ckpts._which(best).reload()
+                newest = ckpts.latest_step(best)
+                if newest is None or newest == step:
+                    raise
+                logging.warning('%s; reading step %d instead', e, newest)
+                step = newest
+        raise checkpointing.CheckpointRemoved(f'the checkpoints of {workdir} change faster '
+                                              'than they can be read: try again')
+    finally:
+        ckpts.close()
 
 
 def saved_steps(directory: pathlib.Path) -> list[int]:

@@ -155,7 +155,7 @@ class Tee:
         sys.stdout.flush()
 
 
-@cli.one_line_errors
+@cli.command
 def main(argv):
     temps = parse_temperatures(FLAGS.temperature)
     output = cli.check_output(FLAGS.output, flag='--output') if FLAGS.output else None

@@ -183,3 +183,12 @@ def build(kind: str, text: str, max_vocab: int = 0, min_count: int = 1,
     if kind == 'word':
         return WordTokenizer.from_text(text, max_vocab, min_count, lowercase)
     raise CharLMError(f"unknown tokenizer {kind!r}: use 'char' or 'word'")
+
+
+# How whitespace is shown where a reader must see it (plots, axis labels).
+VISIBLE = {' ': '␣', '\n': '⏎', '\t': '⇥', '\r': '␍'}
+
+
+def visible(token: str) -> str:
+    """Whitespace and other invisible characters as symbols one can read on an axis."""
+    return ''.join(VISIBLE.get(c, c if c.isprintable() else f'U+{ord(c):04X}') for c in token)

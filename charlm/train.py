@@ -10,9 +10,6 @@ import collections
 import dataclasses
 import functools
 import math
-import os
-import pathlib
-import signal
 import time
 from typing import Any
 
@@ -26,7 +23,7 @@ from flax import jax_utils
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from charlm import checkpointing, data, metric_writer, tokenizers
+from charlm import checkpointing, data, metric_writer, preemption, tokenizers
 from charlm import model as model_lib
 from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
@@ -68,9 +65,15 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int, *,
         impl = 'hoisted'
     return model_lib.RecurrentLM(
         vocab_size=vocab_size, embed_dim=m.embed_dim,
-        hidden_sizes=model_lib.hidden_sizes_from(m.num_layers, m.hidden_size, m.hidden_sizes),
+        hidden_sizes=layer_sizes(config),
         cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.get('unroll', 1),
         impl=impl, dtype=dtype)
+
+
+def layer_sizes(config) -> tuple[int, ...]:
+    """The recurrent layers' sizes of a config (a ConfigDict or a saved config's dict)."""
+    m = config['model']
+    return model_lib.hidden_sizes_from(m['num_layers'], m['hidden_size'], m['hidden_sizes'])
 
 
 def make_schedule(config: ml_collections.ConfigDict, xp=jnp) -> optax.Schedule:
@@ -137,36 +140,6 @@ def to_host(state: TrainState) -> TrainState:
     if jax.process_count() > 1:
         local = multihost_utils.process_allgather(local, tiled=True)
     return host.replace(carry=local)
-
-
-def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
-                   best: bool = False):
-    """The parameters saved at `step` (host arrays, whatever device count trained them).
-
-    The target's shapes come from tracing create_state, with no compilation.
-    """
-    carry = config.batch_size if config.data.get('stateful', False) else 0
-    shapes = jax.eval_shape(
-        lambda: create_state(model, make_optimizer(config), jax.random.key(0), carry))
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    ckpts = checkpointing.Checkpoints(workdir, create=False)
-    try:
-        for _ in range(3):
-            try:
-                return ckpts.restore_state(target, step, best=best).params
-            except checkpointing.CheckpointRemoved as e:
-                # The run training this workdir replaced it (the best, or the oldest of
-                # the latest saves): read its successor, the newest of the same kind.
-                ckpts._which(best).reload()
-                newest = ckpts.latest_step(best)
-                if newest is None or newest == step:
-                    raise
-                logging.warning('%s; reading step %d instead', e, newest)
-                step = newest
-        raise checkpointing.CheckpointRemoved(f'the checkpoints of {workdir} change faster '
-                                              'than they can be read: try again')
-    finally:
-        ckpts.close()
 
 
 # ------------------------------------------------------------------ pure steps
@@ -254,37 +227,6 @@ MAX_IN_FLIGHT = 4
 # ------------------------------------------------------------------ data for a config
 
 
-@dataclasses.dataclass
-class Corpus:
-    tokenizer: Any
-    tokens: dict[str, np.ndarray]  # split -> int32 ids
-    chars: dict[str, int]  # split -> characters predicted (all but the first token's)
-
-
-def load_corpus(config: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
-    """Reads, splits and encodes the corpus; builds the tokenizer on the whole text."""
-    d = config.data
-    text = data.load_text(d.path, d.cache_dir or None)
-    splits = data.split_text(text, d.val_fraction, d.test_fraction)
-    built = tokenizers.build(d.tokenizer, text, d.max_vocab, d.min_count, d.lowercase)
-    if tokenizer is not None and tokenizer != built:
-        raise CharLMError(
-            f'the checkpoint was trained with a different vocabulary ({tokenizer.vocab_size} '
-            f'{tokenizer.kind} tokens) than this corpus gives ({built.vocab_size}): use a new '
-            '--workdir for a new corpus')
-    tokens = {k: built.encode(v) for k, v in splits.items() if v}
-    chars = {k: predicted_chars(built, v) for k, v in splits.items() if v}
-    unit = 'characters' if built.kind == 'char' else 'words'
-    for name in ('train', 'val'):
-        data.check_length(name, tokens.get(name, np.zeros(0)), d.seq_len, unit)
-    return Corpus(built, tokens, chars)
-
-
-def predicted_chars(tokenizer, text: str) -> int:
-    """Characters a model predicts in `text`: all but those of the first token."""
-    return len(text) - len(tokenizer.decode(tokenizer.encode(text)[:1]))
-
-
 def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Layout,
              chars: int | None = None, stateful: bool = False) -> dict[str, float]:
     """Exact loss over every target of `tokens`: nats/token, bits/char, perplexity.
@@ -337,79 +279,6 @@ def _sum_over_processes(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ the loop
 
 
-def _model_fields(config) -> dict:
-    """What fixes the parameter shapes (the vocabulary is checked with the tokenizer)."""
-    m = config['model'] if isinstance(config, dict) else config.model.to_dict()
-    sizes = model_lib.hidden_sizes_from(m['num_layers'], m['hidden_size'], m['hidden_sizes'])
-    return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes}
-
-
-def check_same_model(saved: dict, config: ml_collections.ConfigDict, workdir) -> None:
-    old, new = _model_fields(saved), _model_fields(config)
-    diff = [f'{k}: {old[k]} in checkpoint, {new[k]} in config' for k in new if old[k] != new[k]]
-    was_stateful = saved['data'].get('stateful', False)
-    if was_stateful != config.data.stateful:
-        diff.append(f'data.stateful: {was_stateful} in checkpoint, {config.data.stateful} in '
-                    'config')
-    elif was_stateful and saved['batch_size'] != config.batch_size:
-        diff.append(f'batch_size (streams of the carried state): {saved["batch_size"]} in '
-                    f'checkpoint, {config.batch_size} in config')
-    if diff:
-        raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
-                          'use a new --workdir, or the checkpoint\'s settings')
-
-
-class _StopRequest:
-    """SIGTERM (preemption) or Ctrl-C: finish the step, checkpoint, exit cleanly.
-
-    A second Ctrl-C stops the process at once, with one line naming the newest complete
-    checkpoint; a save it cuts short is a temporary directory the next start removes.
-    Repeated SIGTERMs (a scheduler signalling the process group and a launcher forwarding
-    it too) do not cut the checkpoint short.
-    """
-
-    def __init__(self, workdir: str = ''):
-        self.signal = None
-        self._old = {}
-        self._workdir = workdir
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (a notebook worker): no handler
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.signal is None:
-            self.signal = name
-            return
-        if signum != signal.SIGINT:
-            return
-        ckpts = pathlib.Path(self._workdir) / 'checkpoints'
-        steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
-        saved = (f'the newest checkpoint is {ckpts}/{max(steps)}; run the same command to '
-                 'resume from it' if steps else 'no checkpoint was saved')
-        os.write(2, f'charlm: stopped at once by a second {name}: {saved}\n'.encode())
-        os._exit(128 + signum)
-
-    def agreed(self, sync_point: bool) -> bool:
-        """Whether to stop after this step. With several processes they must agree on the
-        step, so the flag is exchanged at sync points (log steps) only, never per step."""
-        if jax.process_count() == 1:
-            return self.signal is not None
-        if not sync_point:
-            return False
-        flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
-        return bool(np.any(flags))
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
     """One-line errors for settings that would fail (or lose checkpoints) mid-run."""
     positive = {'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
@@ -436,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     calling again resumes exactly (a notebook can train in pieces).
     """
     check_config(config)
-    path, hold = _hold_workdir(workdir)
+    path, hold = workdir_lib.hold_for_job(workdir)
     try:
         return _train_and_evaluate(config, str(path), stop_at)
     finally:
@@ -444,45 +313,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             hold.release()
 
 
-def _hold_workdir(workdir: str) -> tuple[pathlib.Path, workdir_lib.Hold | None]:
-    """Checks the workdir and takes the job's hold on it (process 0, for all hosts).
-
-    Every process learns the outcome before any of them opens a checkpoint, so a refused
-    job fails on every host with one line, and never cleans up the holder's saves.
-    """
-    hold, error = None, None
-    try:
-        path = workdir_lib.check_workdir(workdir)
-        if jax.process_index() == 0:
-            hold = workdir_lib.Hold(path)
-    except CharLMError as e:
-        error = e
-    if jax.process_count() > 1:
-        failed = multihost_utils.process_allgather(np.int32(error is not None))
-        if np.any(failed) and error is None:
-            if hold:
-                hold.release()
-            error = CharLMError('another process of this job could not start on workdir '
-                                f'{workdir} (its error says why)')
-    if error is not None:
-        raise error
-    return path, hold
-
-
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stop_at: int | None) -> dict[str, Any]:
     is_main = jax.process_index() == 0
     layout = data.Layout(config.batch_size, jax.device_count(), jax.local_device_count(),
                          jax.process_index())
-    eval_layout = data.Layout(
-        max(config.eval_batch_size // jax.device_count(), 1) * jax.device_count(),
-        jax.device_count(), jax.local_device_count(), jax.process_index())
+    eval_layout = data.eval_layout(config.eval_batch_size)
 
     init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
     stateful = config.data.stateful
 
     def setup(saved_tokenizer):
-        corpus = load_corpus(config, saved_tokenizer)
+        corpus = data.load_corpus(config, saved_tokenizer)
         tok = corpus.tokenizer
         model = make_model(config, tok.vocab_size)
         if config.sample.prompts and config.sample.length > 0:  # else: no samples are drawn
@@ -502,7 +344,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             try:
                 saved = ckpts.read_json(saved_step)
                 if corpus is None:
-                    check_same_model(saved['config'], config, workdir)
+                    checkpointing.check_same_model(saved['config'], config, workdir)
                     corpus, model, state = setup(tokenizers.from_json(saved['tokenizer']))
                 state = ckpts.restore_state(state, saved_step)
             except checkpointing.DamagedCheckpoint as e:
@@ -575,17 +417,44 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last.update(step=step, train_loss=loss)
         pending, t_last, step_last = [], now, step
 
+    def evaluate_and_track() -> str | None:
+        """Validation loss, samples, the best checkpoint; an early-stopping reason or None."""
+        t0 = time.perf_counter()
+        val = evaluate(steps.eval, state.params, corpus.tokens['val'], config.data.seq_len,
+                       eval_layout, corpus.chars['val'], stateful)
+        check_finite(val['loss'], 'validation')
+        writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity': val['perplexity'],
+                              'val/bits_per_char': val['bits_per_char']})
+        if is_main:
+            logging.info('eval at step %d: val loss %.4f nats/%s, %.4f bits/char, perplexity '
+                         '%.2f (%.1fs)', step, val['loss'], unit[:-1], val['bits_per_char'],
+                         val['perplexity'], time.perf_counter() - t0)
+            _write_samples(config, model, state.params, tok, sample_key, step, writer)
+        last.update(val_loss=val['loss'], val_bits_per_char=val['bits_per_char'],
+                    val_perplexity=val['perplexity'])
+        if val['loss'] < meta['best_val_loss']:
+            meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
+            save(best=True)
+            return None
+        meta['evals_since_best'] += 1
+        patience = config.early_stopping_patience
+        if patience and meta['evals_since_best'] >= patience:
+            return (f'early stopping: no improvement in {patience} evals; best val loss '
+                    f'{meta["best_val_loss"]:.4f} at step {meta["best_step"]}')
+        return None
+
+    def batch_for(step: int) -> dict:
+        if stateful:
+            return data.stateful_train_batch(corpus.tokens['train'], config.data.seq_len, step,
+                                             layout)
+        return data.train_batch(corpus.tokens['train'], config.data.seq_len, step, config.seed,
+                                layout)
+
     stop_reason = None
     try:  # pending saves finish and orbax closes even on an error (divergence)
-        with _StopRequest(workdir) as stop:
-            while step < config.num_train_steps:
-                if stateful:
-                    batch = data.stateful_train_batch(corpus.tokens['train'], config.data.seq_len,
-                                                      step, layout)
-                else:
-                    batch = data.train_batch(corpus.tokens['train'], config.data.seq_len, step,
-                                             config.seed, layout)
-                state, metrics = steps.train(state, batch, train_key)
+        with preemption.StopRequest(workdir) as stop:
+            while step < config.num_train_steps and not stop_reason:
+                state, metrics = steps.train(state, batch_for(step), train_key)
                 step += 1
                 pending.append(metrics)
                 if len(pending) > MAX_IN_FLIGHT:  # never an unbounded queue of pmeans
@@ -599,36 +468,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if do_log or stopping:
                     flush_metrics()  # also the NaN check before anything is saved
                 if do_eval:
-                    t0 = time.perf_counter()
-                    val = evaluate(steps.eval, state.params, corpus.tokens['val'],
-                                   config.data.seq_len, eval_layout, corpus.chars['val'], stateful)
-                    check_finite(val['loss'], 'validation')
-                    writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity':
-                                          val['perplexity'], 'val/bits_per_char':
-                                          val['bits_per_char']})
-                    if is_main:
-                        logging.info('eval at step %d: val loss %.4f nats/%s, %.4f bits/char, '
-                                     'perplexity %.2f (%.1fs)', step, val['loss'], unit[:-1],
-                                     val['bits_per_char'], val['perplexity'],
-                                     time.perf_counter() - t0)
-                    last.update(val_loss=val['loss'], val_bits_per_char=val['bits_per_char'],
-                                val_perplexity=val['perplexity'])
-                    if is_main:
-                        _write_samples(config, model, state.params, tok, sample_key, step, writer)
+                    stop_reason = evaluate_and_track()
                     # A signal that came during the evaluation: every process evaluated, so
                     # this is a point where they can agree to stop.
                     stopping = stopping or stop.agreed(True)
-                    if val['loss'] < meta['best_val_loss']:
-                        meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
-                        save(best=True)
-                    else:
-                        meta['evals_since_best'] += 1
-                    patience = config.early_stopping_patience
-                    if patience and meta['evals_since_best'] >= patience:
-                        stop_reason = (f'early stopping: no improvement in {patience} evals; best '
-                                       f'val loss {meta["best_val_loss"]:.4f} at step '
-                                       f'{meta["best_step"]}')
-                        do_save = True
                 if stopping:
                     why = stop.signal or (f'stop_at={stop_at}' if step == stop_at
                                           else 'a signal to another process')
@@ -637,8 +480,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if do_save or stop_reason:
                     save()
                     writer.flush()
-                if stop_reason:
-                    break
     finally:
         try:
             ckpts.wait()  # a failed save in flight is a one-line error too

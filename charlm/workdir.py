@@ -22,7 +22,10 @@ import socket
 import threading
 import time
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from charlm.errors import CharLMError
 
@@ -152,3 +155,28 @@ class Hold:
             pass
         os.close(self._fd)  # drops the flock
         self._fd = -1
+
+
+def hold_for_job(workdir: str) -> tuple[pathlib.Path, Hold | None]:
+    """Checks the workdir and takes the job's hold on it (process 0, for all hosts).
+
+    Every process learns the outcome before any of them opens a checkpoint, so a refused
+    job fails on every host with one line, and never cleans up the holder's saves.
+    """
+    hold, error = None, None
+    try:
+        path = check_workdir(workdir)
+        if jax.process_index() == 0:
+            hold = Hold(path)
+    except CharLMError as e:
+        error = e
+    if jax.process_count() > 1:
+        failed = multihost_utils.process_allgather(np.int32(error is not None))
+        if np.any(failed) and error is None:
+            if hold:
+                hold.release()
+            error = CharLMError('another process of this job could not start on workdir '
+                                f'{workdir} (its error says why)')
+    if error is not None:
+        raise error
+    return path, hold

@@ -43,7 +43,7 @@ def test_random_tokens_unless_a_corpus_file_is_named(tiny_config):
     assert vocab == 65 and source == 'random tokens, vocab 65' and tokens.max() < 65
 
 
-def test_bad_counts_are_one_line_errors(tiny_config):
+def test_bad_counts_are_command(tiny_config):
     with pytest.raises(CharLMError, match='repeats >= 1'):
         bench.run(tiny_config, steps=1, repeats=0)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from charlm import corpus_stats
+from charlm import corpus_stats, tokenizers
 from charlm.errors import CharLMError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def test_word_stats_count_unk(tiny_config, tmp_path):
 
 
 def test_visible():
-    assert corpus_stats.visible(' \n\tx\x07') == '␣⏎⇥xU+0007'
+    assert tokenizers.visible(' \n\tx\x07') == '␣⏎⇥xU+0007'
 
 
 def run(*args):

@@ -14,7 +14,7 @@ from charlm.errors import CharLMError
 
 
 def _setup(config, seed=0):
-    corpus = train.load_corpus(config)
+    corpus = data.load_corpus(config)
     model = train.make_model(config, corpus.tokenizer.vocab_size)
     state = train.create_state(model, train.make_optimizer(config), jax.random.key(seed))
     return corpus, model, state

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 
-from charlm import checkpointing, metric_writer, train, workdir
+from charlm import checkpointing, metric_writer, runs, train, workdir
 from charlm.errors import CharLMError
 
 
@@ -127,7 +127,7 @@ def test_a_silent_change_fails_its_checksum(tiny_config, tmp_path):
     meta.write_text(json.dumps(record))
     with pytest.raises(checkpointing.DamagedCheckpoint, match=r"checkpoints/2 is damaged: 1 of "
                        r"its arrays do not match their checksum \(\.params\['head'\]\['bias'\]"):
-        train.restore_params(str(run), tiny_config, train.make_model(tiny_config, 35), 2)
+        runs.restore_params(str(run), tiny_config, train.make_model(tiny_config, 35), 2)
 
 
 def test_damaged_checkpoint_resumes_from_the_newest_intact_one(tiny_config, tmp_path):
