@@ -217,7 +217,8 @@ def _model_fields(config) -> dict:
     """What fixes the parameter shapes (the vocabulary is checked with the tokenizer)."""
     m = config['model']
     sizes = model_lib.hidden_sizes_from(m['num_layers'], m['hidden_size'], m['hidden_sizes'])
-    return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes}
+    return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes,
+            'tie_embeddings': m.get('tie_embeddings', False)}
 
 
 def check_same_model(saved: dict, config, workdir) -> None:

@@ -1,19 +1,25 @@
-r"""Trains the same model with different cells on the same data, seed and step budget.
+r"""Trains variants of one config on the same data, seed and step budget, and tables them.
 
-  python -m charlm.compare --config=configs/shakespeare.py --cells=rnn,lstm,gru \
-      --steps=2000 --out=runs/compare [--config.data.path=FILE ...]
+  python -m charlm.compare --config=configs/shakespeare.py --steps=2000 --out=runs/cmp \
+      --variant=small:model.num_layers=1,model.hidden_size=128 --variant=standard: \
+      --variant=gru:model.cell=gru [--config.data.path=FILE ...]
+  python -m charlm.compare --config=configs/shakespeare.py --cells=rnn,lstm,gru ...
 
-Each cell trains in OUT/<cell> (a normal workdir: evaluate, gates, sample work on it,
+A variant is NAME:KEY=VALUE[,KEY=VALUE...] over the config (an empty list: the config as
+it is); --cells=a,b is shorthand for --variant=a:model.cell=a --variant=b:model.cell=b.
+Each variant trains in OUT/<name> (a normal workdir: evaluate, gates, sample work on it,
 and an interrupted comparison resumes); then OUT/compare.md holds the table
 (parameters, final train and validation loss, bits/char, throughput, wall time),
-OUT/compare.json the same numbers, and OUT/curves.png the loss curves of all cells.
+OUT/compare.json the same numbers, and OUT/curves.png the loss curves of all variants.
 With --steps, validation runs at least 10 times along the way so the curves have points.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import pathlib
+import re
 import statistics
 import time
 from typing import Any
@@ -38,10 +44,47 @@ def count_parameters(config: ml_collections.ConfigDict, vocab_size: int) -> int:
     return model_lib.count_params(shapes['params'])
 
 
-def cell_config(config: ml_collections.ConfigDict, cell: str, steps: int | None
-                ) -> ml_collections.ConfigDict:
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """'NAME:KEY=VALUE,KEY=VALUE' -> (NAME, {KEY: VALUE}); values are Python literals where
+    they parse (3, 0.5, True, (256, 256)), else strings; commas inside () or [] are kept."""
+    name, sep, rest = text.partition(':')
+    if not sep or not re.fullmatch(r'[\w.-]+', name):
+        raise CharLMError(f'--variant={text!r}: write NAME:KEY=VALUE[,KEY=VALUE...] (a NAME of '
+                          'letters, digits, -, _ or .)')
+    overrides, depth, part = {}, 0, ''
+    for ch in rest + ',':
+        depth += (ch in '([') - (ch in ')]')
+        if ch == ',' and depth == 0:
+            if part.strip():
+                key, eq, value = part.strip().partition('=')
+                if not eq or not key:
+                    raise CharLMError(f'--variant={text!r}: {part.strip()!r} is not KEY=VALUE')
+                try:
+                    overrides[key.strip()] = ast.literal_eval(value.strip())
+                except (ValueError, SyntaxError):
+                    overrides[key.strip()] = value.strip()
+            part = ''
+        else:
+            part += ch
+    return name, overrides
+
+
+def variant_config(config: ml_collections.ConfigDict, overrides: dict[str, Any],
+                   steps: int | None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(config.to_dict())
-    c.model.cell = cell
+    for key, value in overrides.items():
+        *path, field = key.split('.')
+        node = c
+        for part in path:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise CharLMError(f'unknown config key {key} in --variant')
+            node = node[part]
+        if field not in node:
+            raise CharLMError(f'unknown config key {key} in --variant')
+        try:
+            node[field] = type(node[field])(value) if isinstance(node[field], tuple) else value
+        except (TypeError, ValueError) as e:
+            raise CharLMError(f'--variant {key}={value!r}: {e}') from None
     if steps:
         c.num_train_steps = steps
         c.eval_every_steps = max(1, min(c.eval_every_steps, steps // 10))
@@ -53,8 +96,8 @@ def _last(scalars: dict, tag: str, upto: int) -> float:
     return values[-1] if values else float('nan')
 
 
-def run_cell(config: ml_collections.ConfigDict, cell: str, workdir: pathlib.Path
-             ) -> dict[str, Any]:
+def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.Path
+                ) -> dict[str, Any]:
     """Trains one variant (resuming if its workdir holds a checkpoint) and reads its row."""
     resumed = checkpointing.has_checkpoint(str(workdir))
     t0 = time.perf_counter()
@@ -68,7 +111,9 @@ def run_cell(config: ml_collections.ConfigDict, cell: str, workdir: pathlib.Path
     rates = [v for s, v in scalars.get(f'train/{unit}_per_second', []) if s <= n]
     rate = statistics.median(rates[1:] if len(rates) > 1 else rates) if rates else float('nan')
     return {
-        'cell': cell, 'workdir': str(workdir), 'parameters': count_parameters(config, vocab),
+        'variant': name, 'cell': config.model.cell, 'workdir': str(workdir),
+        'hidden_sizes': list(train.layer_sizes(config)),
+        'parameters': count_parameters(config, vocab),
         'train_loss': _last(scalars, 'train/loss', n), 'val_loss': _last(scalars, 'val/loss', n),
         'val_bits_per_char': _last(scalars, 'val/bits_per_char', n),
         f'{unit}_per_second': rate, 'wall_seconds': wall, 'resumed': resumed,
@@ -82,46 +127,56 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
     lines = [
         f'Same data ({config.data.path}, {config.data.tokenizer} tokens), seed {config.seed}, '
         f'{config.num_train_steps} steps of {config.batch_size} x {config.data.seq_len} tokens, '
-        f'embed {m.embed_dim}, hidden {"x".join(map(str, sizes))}, on '
-        f'{jax.device_count()} {jax.devices()[0].platform} device(s).', '',
-        f'| cell | parameters | train loss | val loss | val bits/char | {unit}/s | wall time |',
-        '|---|---:|---:|---:|---:|---:|---:|',
+        f'embed {m.embed_dim}, hidden {"x".join(map(str, sizes))} unless a variant says '
+        f'otherwise, on {jax.device_count()} {jax.devices()[0].platform} device(s).', '',
+        f'| variant | cell | hidden | parameters | train loss | val loss | val bits/char | '
+        f'{unit}/s | wall time |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|',
     ]
     for r in rows:
         wall = metric_writer.duration(r['wall_seconds']) + (' (resumed)' if r['resumed'] else '')
-        lines.append(f'| {r["cell"]} | {r["parameters"]:,} | {r["train_loss"]:.4f} | '
+        lines.append(f'| {r["variant"]} | {r["cell"]} | {"x".join(map(str, r["hidden_sizes"]))} '
+                     f'| {r["parameters"]:,} | {r["train_loss"]:.4f} | '
                      f'{r["val_loss"]:.4f} | {r["val_bits_per_char"]:.4f} | '
                      f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
     lines += ['', 'Losses are nats per token at the last step; wall time includes compilation.']
     return '\n'.join(lines) + '\n'
 
 
-def compare(config: ml_collections.ConfigDict, cells: list[str], out: str,
-            steps: int | None = None) -> list[dict[str, Any]]:
-    """Trains every cell into OUT/<cell>; writes compare.md, compare.json and curves.png."""
-    if not cells:
-        raise CharLMError('--cells is empty: give e.g. --cells=rnn,lstm,gru')
-    unknown = [c for c in cells if c not in model_lib.CELLS]
-    if unknown:
-        raise CharLMError(f'unknown cell {unknown[0]!r} in --cells: use '
-                          f'{", ".join(model_lib.CELLS)}')
-    if len(set(cells)) != len(cells):
-        raise CharLMError(f'--cells names a cell twice: {",".join(cells)}')
+def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, dict],
+            out: str, steps: int | None = None) -> list[dict[str, Any]]:
+    """Trains every variant into OUT/<name>; writes compare.md, compare.json and curves.png.
+
+    `variants`: {name: {config key: value}}, or a list of cells (each its own variant).
+    """
+    if isinstance(variants, list | tuple):
+        unknown = [c for c in variants if c not in model_lib.CELLS]
+        if unknown:
+            raise CharLMError(f'unknown cell {unknown[0]!r} in --cells: use '
+                              f'{", ".join(model_lib.CELLS)}')
+        if len(set(variants)) != len(variants):
+            raise CharLMError(f'--cells names a cell twice: {",".join(variants)}')
+        variants = {c: {'model.cell': c} for c in variants}
+    if not variants:
+        raise CharLMError('nothing to compare: give --variant=NAME:KEY=VALUE,... or --cells')
     if steps is not None and steps <= 0:
         raise CharLMError(f'--steps={steps}: need a positive number of steps')
+    configs = {name: variant_config(config, o, steps) for name, o in variants.items()}
+    for c in configs.values():  # every variant builds, before any trains
+        train.check_config(c)
+        train.make_model(c, 2)
     out_dir = workdir_lib.check_workdir(out)
     rows = []
-    for cell in cells:
-        c = cell_config(config, cell, steps)
-        logging.info('compare: training %s for %d steps in %s', cell, c.num_train_steps,
-                     out_dir / cell)
-        rows.append(run_cell(c, cell, out_dir / cell))
-    config = cell_config(config, cells[0], steps)
+    for name, c in configs.items():
+        logging.info('compare: training %s for %d steps in %s', name, c.num_train_steps,
+                     out_dir / name)
+        rows.append(run_variant(c, name, out_dir / name))
+    config = variant_config(config, {}, steps)
     table = markdown(rows, config)
     (out_dir / 'compare.md').write_text(table, encoding='utf-8')
     (out_dir / 'compare.json').write_text(json.dumps(rows, indent=2), encoding='utf-8')
-    plot.plot_runs([str(out_dir / c) for c in cells], str(out_dir / 'curves.png'),
-                   title=f'{", ".join(cells)}: same data, seed and {config.num_train_steps} '
+    plot.plot_runs([str(out_dir / n) for n in configs], str(out_dir / 'curves.png'),
+                   title=f'{", ".join(configs)}: same data, seed and {config.num_train_steps} '
                          'steps')
     return rows
 
@@ -135,7 +190,9 @@ def define_flags() -> None:
     """Only when run as a command: importing this module defines no flags."""
     config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                     lock_config=True)
-    flags.DEFINE_list('cells', ['rnn', 'lstm', 'gru'], 'Cells to compare.')
+    flags.DEFINE_list('cells', ['rnn', 'lstm', 'gru'], 'Cells to compare (when no --variant).')
+    flags.DEFINE_multi_string('variant', [], 'NAME:KEY=VALUE[,KEY=VALUE...]: a variant of the '
+                              'config to train; repeat for each (replaces --cells).')
     flags.DEFINE_integer('steps', None, 'Training steps per cell (default: the config\'s).')
     flags.DEFINE_string('out', None, 'Output directory: one workdir per cell, table, plot.')
     flags.mark_flags_as_required(['config', 'out'])
@@ -143,7 +200,13 @@ def define_flags() -> None:
 
 @cli.command
 def main(argv):
-    compare(FLAGS.config, FLAGS.cells, FLAGS.out, FLAGS.steps)
+    if FLAGS.variant:
+        variants = dict(parse_variant(v) for v in FLAGS.variant)
+        if len(variants) != len(FLAGS.variant):
+            raise CharLMError('two --variant flags have the same NAME')
+    else:
+        variants = list(FLAGS.cells)
+    compare(FLAGS.config, variants, FLAGS.out, FLAGS.steps)
     out = pathlib.Path(FLAGS.out)
     print((out / 'compare.md').read_text(encoding='utf-8'))
     print(f'wrote {out / "compare.md"}, {out / "compare.json"} and {out / "curves.png"}')

@@ -80,8 +80,12 @@ def score(run: runs.Run, params, text: str) -> dict[str, Any]:
 
 
 def evaluate(workdir: str, split: str | None = None, text_file: str | None = None,
-             step: int | None = None) -> dict[str, Any]:
-    """What the command line prints: scores plus where the checkpoint and text came from."""
+             step: int | None = None, dynamic: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the command line prints: scores plus where the checkpoint and text came from.
+
+    `dynamic` (lr, decay, rule, streams): also score the text with dynamic evaluation
+    (`charlm.dynamic`), under the key 'dynamic', with the static figures' fields.
+    """
     if split and text_file:
         raise CharLMError('use --split or --text_file, not both')
     run = runs.find(workdir, step)
@@ -92,9 +96,17 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
         text = split_of(run.config, split)
         source = f'{split} split of {run.config.data.path}'
     check_text(run.tokenizer, text)  # before the slow part
-    return {'workdir': workdir, 'checkpoint': run.which, 'step': run.step,
-            'source': source, 'cell': run.model.cell,
-            'hidden_sizes': list(run.model.hidden_sizes), **score(run, run.params(), text)}
+    params = run.params()
+    out = {'workdir': workdir, 'checkpoint': run.which, 'step': run.step, 'source': source,
+           'cell': run.model.cell, 'hidden_sizes': list(run.model.hidden_sizes),
+           **score(run, params, text)}
+    if dynamic is not None:
+        from charlm import dynamic as dynamic_lib
+        ids = run.tokenizer.encode(text)
+        out['dynamic'] = dynamic_lib.dynamic_evaluate(
+            run.model, params, ids, run.config.data.seq_len, chars=out['characters'],
+            **dynamic) | {'settings': dict(dynamic)}
+    return out
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -115,6 +127,13 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f'<unk>: {r["unknown_tokens"]:,} of {total:,} word tokens '
                          f'({100 * r["unknown_tokens"] / total:.1f}%) are not in the vocabulary '
                          f'and were scored as <unk> (e.g. {examples})')
+    if 'dynamic' in r:
+        d, s = r['dynamic'], r['dynamic']['settings']
+        per = 'char' if unit == 'char' else 'word'
+        lines.append(f'dynamic ({s["rule"]}, lr {s["lr"]:g}, decay {s["decay"]:g}, '
+                     f'{s["streams"]} stream{"s" if s["streams"] > 1 else ""}): loss '
+                     f'{d["loss"]:.4f} nats/{per}   {d["bits_per_char"]:.4f} bits/char   '
+                     f'perplexity {d["perplexity"]:.3f}   ({d["loss"] - r["loss"]:+.4f} nats)')
     return '\n'.join(lines)
 
 
@@ -130,15 +149,29 @@ def define_flags() -> None:
     flags.DEFINE_string('text_file', None, 'Score this UTF-8 file instead of a split.')
     flags.DEFINE_integer('step', None, runs.STEP_HELP)
     flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
+    flags.DEFINE_bool('dynamic', False, 'Also score with dynamic evaluation: a gradient step '
+                      'after each window, so the model adapts to the text (charlm.dynamic).')
+    flags.DEFINE_float('dynamic_lr', 3e-4, 'Dynamic evaluation: step size (0 = static).')
+    flags.DEFINE_float('dynamic_decay', 0.0, 'Dynamic evaluation: pull towards the trained '
+                       'weights per step.')
+    flags.DEFINE_enum('dynamic_rule', 'rms', ['rms', 'sgd'], 'Dynamic evaluation: the update '
+                      'rule (rms: RMS-normalised gradients).')
+    flags.DEFINE_integer('dynamic_streams', 1, 'Dynamic evaluation: the text read as this many '
+                         'contiguous streams.')
     flags.mark_flags_as_required(['workdir'])
 
 
 @cli.command
 def main(argv):
-    r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step)
+    dynamic = (dict(lr=FLAGS.dynamic_lr, decay=FLAGS.dynamic_decay, rule=FLAGS.dynamic_rule,
+                    streams=FLAGS.dynamic_streams) if FLAGS.dynamic else None)
+    r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step, dynamic)
     if FLAGS.json:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in r.items()}
+        def finite(d):
+            return {k: finite(v) if isinstance(v, dict) else
+                    (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in d.items()}
+        clean = finite(r)
         print(json.dumps(clean, indent=2))
     else:
         print(format_report(r))

@@ -56,21 +56,44 @@ def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return _fmix32(_fmix32(index + s0) ^ s1)
 
 
+def drop(x: jax.Array, rate: float, key: jax.Array, mask_shape=None) -> jax.Array:
+    """x with elements zeroed at `rate` and the rest scaled by 1 / (1 - rate); the mask,
+    of `mask_shape` (default x's), broadcasts over x's axes of size 1 in it."""
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    threshold = jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
+    keep = hashed_bits(key, x.shape if mask_shape is None else mask_shape) >= threshold
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
 class Dropout(nn.Module):
-    """nn.Dropout's behaviour (inverted scaling, the 'dropout' rng) with hashed_bits masks."""
+    """nn.Dropout's behaviour (inverted scaling, the 'dropout' rng) with hashed_bits masks.
+
+    `broadcast_dims`: axes that share one mask, e.g. (1,) for locked (variational) dropout
+    of [B, T, E]: one mask per sequence, the same at every time step (Gal & Ghahramani).
+    """
 
     rate: float
     deterministic: bool = False
+    broadcast_dims: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.deterministic or self.rate == 0.0:
             return x
-        if self.rate >= 1.0:
-            return jnp.zeros_like(x)
-        threshold = jnp.uint32(min(int(self.rate * 2**32), 2**32 - 1))
-        keep = hashed_bits(self.make_rng('dropout'), x.shape) >= threshold
-        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+        shape = tuple(1 if i in self.broadcast_dims else n for i, n in enumerate(x.shape))
+        return drop(x, self.rate, self.make_rng('dropout'), shape)
+
+
+def drop_connect(module: nn.Module, w_h: jax.Array, rate: float, deterministic: bool
+                 ) -> jax.Array:
+    """DropConnect on a recurrent matrix (AWD-LSTM's weight drop): one mask per call, so
+    per training step, applied to W_h once rather than at every time step."""
+    if deterministic or rate == 0.0:
+        return w_h
+    w_h = drop(w_h, rate, module.make_rng('dropout'))
+    module.sow('intermediates', 'dropped_w_h', w_h)  # for tests; free unless asked for
+    return w_h
 
 
 class _DenseParams(nn.Module):
@@ -281,6 +304,8 @@ class HoistedLSTM(nn.Module):
     features: int
     unroll: int = 1
     dtype: Any = jnp.float32
+    weight_drop: float = 0.0  # DropConnect on W_h (training only)
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, carry, x_BxTxE):
@@ -296,6 +321,7 @@ class HoistedLSTM(nn.Module):
 
     def _weights(self, in_features: int):
         w_i, w_h, b = _lstm_params(in_features, self.features)
+        w_h = drop_connect(self, w_h, self.weight_drop, self.deterministic)
         return w_i.astype(self.dtype), w_h.astype(self.dtype), b
 
     def _recur(self, carry, w_h, xw_TxBx4H):
@@ -373,12 +399,16 @@ class CudnnLSTM(nn.Module):
     """
 
     features: int
+    weight_drop: float = 0.0  # DropConnect on W_h (training only), before the packing
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, carry, x_BxTxE):
         c_BxH, h_BxH = carry
         in_features = x_BxTxE.shape[-1]
-        weights = _pack_cudnn(*_lstm_params(in_features, self.features))
+        w_i, w_h, b = _lstm_params(in_features, self.features)
+        w_h = drop_connect(self, w_h, self.weight_drop, self.deterministic)
+        weights = _pack_cudnn(w_i, w_h, b)
         y_BxTxH, h_1xBxH, c_1xBxH = _cudnn_lstm(
             x_BxTxE.astype(jnp.float32), h_BxH[None], c_BxH[None], weights,
             in_features, self.features)
@@ -407,16 +437,17 @@ class FoldedStepper:
     biases: tuple
 
     @classmethod
-    def make(cls, params, num_layers: int) -> FoldedStepper:
+    def make(cls, params, num_layers: int, head: dict) -> FoldedStepper:
+        """`head`: the output layer's {'kernel': [H, V], 'bias': [V]} (tied or not)."""
         def cat(layer: int, kind: str, what: str = 'kernel'):
             return _gates(params[f'lstm_{layer}'], kind, what)
 
         mats, biases = [], []
         for layer in range(num_layers):
             last = layer + 1 == num_layers
-            reader = params['head']['kernel'] if last else cat(layer + 1, 'i')
+            reader = head['kernel'] if last else cat(layer + 1, 'i')
             mats.append(jnp.concatenate([cat(layer, 'h'), reader], axis=-1).T)
-            biases.append(params['head']['bias'] if last else cat(layer + 1, 'h', 'bias'))
+            biases.append(head['bias'] if last else cat(layer + 1, 'h', 'bias'))
         embed_in = _input_table(params['embed']['embedding'], cat(0, 'i'), cat(0, 'h', 'bias'))
         return cls(embed_in, tuple(mats), tuple(biases))
 

@@ -54,7 +54,14 @@ def hidden_sizes_from(num_layers: int, hidden_size: int, hidden_sizes=()) -> tup
 
 
 class RecurrentLM(nn.Module):
-    """Embed(V, E) -> len(hidden_sizes) recurrent layers -> dropout -> Dense(V)."""
+    """Embed(V, E) -> len(hidden_sizes) recurrent layers -> dropout -> Dense(V).
+
+    AWD-LSTM's regularisers (Merity et al. 2018), all off by default and in training only:
+    `variational_dropout` (one mask per sequence between layers and before the head),
+    `weight_drop` (DropConnect on each layer's recurrent weights, one mask per step),
+    `embed_dropout` (whole embedding rows: a token type vanishes from the batch) and
+    `tie_embeddings` (the head is the embedding matrix, transposed, plus a bias).
+    """
 
     vocab_size: int
     embed_dim: int = 64
@@ -65,6 +72,10 @@ class RecurrentLM(nn.Module):
     impl: str = 'hoisted'  # LSTM only: 'hoisted' (input matmul outside the scan) | 'cell'
     #                        (nn.scan over nn.OptimizedLSTMCell) | 'cudnn' (CUDA GPUs)
     dtype: Any = jnp.float32  # computation dtype; parameters and carry stay float32
+    variational_dropout: bool = False
+    weight_drop: float = 0.0
+    embed_dropout: float = 0.0
+    tie_embeddings: bool = False
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -76,6 +87,12 @@ class RecurrentLM(nn.Module):
             raise CharLMError("model.impl='cudnn' is a float32 LSTM only (cuDNN's LSTM in "
                               f"jax.experimental.rnn), not cell={self.cell!r} with dtype "
                               f"{jnp.dtype(self.dtype).name}: use model.impl='hoisted'")
+        for name in ('dropout_rate', 'weight_drop', 'embed_dropout'):
+            if not 0 <= getattr(self, name) < 1:
+                raise CharLMError(f'model.{name} must be in [0, 1), got {getattr(self, name)!r}')
+        if self.tie_embeddings and self.embed_dim != self.hidden_sizes[-1]:
+            raise CharLMError(f'model.tie_embeddings needs embed_dim equal to the last layer\'s '
+                              f'size ({self.hidden_sizes[-1]}), got embed_dim={self.embed_dim}')
         super().__post_init__()
 
     def init_carry(self, batch_size: int) -> Carry:
@@ -86,18 +103,31 @@ class RecurrentLM(nn.Module):
             return tuple((zeros(h), zeros(h)) for h in self.hidden_sizes)
         return tuple(zeros(h) for h in self.hidden_sizes)
 
-    def layer(self, i: int, folded: bool = False) -> nn.Module:
+    def layer(self, i: int, folded: bool = False, train: bool = False) -> nn.Module:
         """Layer i: its cell scanned over time (axis 1), parameters shared across steps;
         or the faster layer with the same parameters that `impl` names."""
         name, size = f'{self.cell}_{i}', self.hidden_sizes[i]
+        drop = dict(weight_drop=self.weight_drop, deterministic=not train)
         if self.cell == 'lstm' and self.impl == 'cudnn':
-            return kernels.CudnnLSTM(size, name=name)
+            return kernels.CudnnLSTM(size, **drop, name=name)
         if self.cell == 'lstm' and self.impl == 'hoisted':
             lstm = kernels.FoldedLSTM if folded else kernels.HoistedLSTM
-            return lstm(size, self.unroll, self.dtype, name=name)
+            return lstm(size, self.unroll, self.dtype, **drop, name=name)
         scanned = nn.scan(CELLS[self.cell], variable_broadcast='params',
                           split_rngs={'params': False}, in_axes=1, out_axes=1,
                           unroll=self.unroll)
+        if train and self.weight_drop:  # DropConnect on the cell's recurrent kernels h*
+            key, rate = self.make_rng('dropout'), self.weight_drop
+
+            def drop_recurrent(variables):
+                params = dict(variables['params'])
+                for j, k in enumerate(sorted(params)):
+                    if k.startswith('h'):
+                        w = kernels.drop(params[k]['kernel'], rate, jax.random.fold_in(key, j))
+                        params[k] = dict(params[k], kernel=w)
+                return dict(variables, params=params)
+
+            scanned = nn.map_variables(scanned, 'params', trans_in_fn=drop_recurrent)
         return scanned(features=size, dtype=self.dtype, name=name)
 
     def folds_embedding(self, num_tokens: int) -> bool:
@@ -115,18 +145,36 @@ class RecurrentLM(nn.Module):
     def __call__(self, carry: Carry, tokens_BxT: jax.Array, train: bool = False
                  ) -> tuple[Carry, jax.Array]:
         embed = nn.Embed(self.vocab_size, self.embed_dim, name='embed')
+        embedding_VxE = embed.embedding
+        if train and self.embed_dropout:  # whole rows, one mask per step
+            embedding_VxE = kernels.drop(embedding_VxE, self.embed_dropout,
+                                         self.make_rng('dropout'), (self.vocab_size, 1))
         if self.folds_embedding(tokens_BxT.size):
-            c, x_BxTxE = self.layer(0, folded=True)(carry[0], tokens_BxT, embed.embedding)
+            c, x_BxTxE = self.layer(0, folded=True, train=train)(carry[0], tokens_BxT,
+                                                                  embedding_VxE)
         else:
-            c, x_BxTxE = self.layer(0)(carry[0], embed(tokens_BxT))
+            x_BxTxE = (embed(tokens_BxT) if embedding_VxE is embed.embedding
+                       else jnp.take(embedding_VxE, tokens_BxT, axis=0))
+            c, x_BxTxE = self.layer(0, train=train)(carry[0], x_BxTxE)
         new_carry = [c]
+        locked = (1,) if self.variational_dropout else ()  # one mask for all time steps
         for i in range(1, len(self.hidden_sizes)):
-            x_BxTxE = kernels.Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
-            c, x_BxTxE = self.layer(i)(carry[i], x_BxTxE)
+            x_BxTxE = kernels.Dropout(self.dropout_rate, not train, locked)(x_BxTxE)
+            c, x_BxTxE = self.layer(i, train=train)(carry[i], x_BxTxE)
             new_carry.append(c)
-        x_BxTxE = kernels.Dropout(self.dropout_rate, deterministic=not train)(x_BxTxE)
-        logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x_BxTxE)
+        x_BxTxE = kernels.Dropout(self.dropout_rate, not train, locked)(x_BxTxE)
+        if self.tie_embeddings:
+            bias_V = self.param('head_bias', nn.initializers.zeros, (self.vocab_size,))
+            logits_BxTxV = embed.attend(x_BxTxE.astype(self.dtype)) + bias_V[None, None]
+        else:
+            logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x_BxTxE)
         return tuple(new_carry), logits_BxTxV.astype(jnp.float32)
+
+    def head(self, params) -> dict:
+        """The output layer's {'kernel': [H, V], 'bias': [V]}, tied or not."""
+        if self.tie_embeddings:
+            return {'kernel': params['embed']['embedding'].T, 'bias': params['head_bias']}
+        return params['head']
 
 
 # Generation, one token at a time. A stepper has start(carry) -> state, step(state,
@@ -157,7 +205,7 @@ def stepper(model: RecurrentLM, params):
     (`kernels.FoldedStepper`, one product per layer and token), else `ApplyStepper`.
     Both compute what `model.apply` computes, to float rounding (tests check this)."""
     if model.cell == 'lstm' and jnp.dtype(model.dtype) == jnp.float32:
-        return kernels.FoldedStepper.make(params, len(model.hidden_sizes))
+        return kernels.FoldedStepper.make(params, len(model.hidden_sizes), model.head(params))
     return ApplyStepper(params, model)
 
 

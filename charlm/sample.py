@@ -35,7 +35,8 @@ def define_flags() -> None:
     flags.DEFINE_integer('length', 500, 'Tokens per sample: characters, or words for word models.')
     flags.DEFINE_list('temperature', ['1.0'], '> 0 samples, 0 = greedy; a comma-separated list '
                       'prints one sample per temperature from the same seed.')
-    flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = off).')
+    flags.DEFINE_list('top_k', ['0'], 'Keep the k most likely tokens (0 = off); a comma-'
+                      'separated list (5,10,20,0) prints one sample per k from the same seed.')
     flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set holding this probability, after top_k '
                        '(1 = off).')
     flags.DEFINE_integer('num_samples', 1, 'Independent samples (per temperature), made at once.')
@@ -59,26 +60,42 @@ def parse_temperatures(values: list[str]) -> tuple[float, ...]:
     return temps
 
 
-def header(i: int, n: int, temperature: float, seed: int) -> str:
-    return f'==> sample {i + 1} of {n}, temperature {temperature:g}, seed {seed} <=='
+def header(i: int, n: int, temperature: float, seed: int, top_k: int | None = None) -> str:
+    k = '' if top_k is None else f', top_k {top_k}'
+    return f'==> sample {i + 1} of {n}, temperature {temperature:g}{k}, seed {seed} <=='
+
+
+def parse_top_ks(values: list[str]) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(v) for v in values)
+    except ValueError:
+        raise CharLMError(f'--top_k must be integers separated by commas, got '
+                          f'{",".join(values)!r}') from None
+    if not ks:
+        raise CharLMError('--top_k needs at least one value')
+    return ks
 
 
 def run(workdir: str, prompt: str = '', length: int = 500,
-        temperature: float | tuple[float, ...] = 1.0, top_k: int = 0, top_p: float = 1.0,
-        num_samples: int = 1, seed: int = 0, step: int | None = None, start: str = '\n',
-        chunk: int = sampler.CHUNK, out: TextIO = sys.stdout) -> list[str]:
+        temperature: float | tuple[float, ...] = 1.0, top_k: int | tuple[int, ...] = 0,
+        top_p: float = 1.0, num_samples: int = 1, seed: int = 0, step: int | None = None,
+        start: str = '\n', chunk: int = sampler.CHUNK, out: TextIO = sys.stdout) -> list[str]:
     """Samples from a workdir, writing to `out` as text is made; returns prompt + sample each.
 
     The first sample streams; the others (made at the same time) follow it, each under
-    a header when there is more than one.
+    a header when there is more than one. Several `top_k` values (a tuple) each give one
+    sample per temperature and stream from the same seed and random numbers, so only the
+    decoding differs: the grid of temperatures x top_k, each sample headed by its settings.
     """
+    top_ks = tuple(top_k) if isinstance(top_k, tuple | list) else (top_k,)
     temps = sampler.temperatures(temperature)
     if chunk <= 0:
         raise CharLMError(f'--chunk must be positive, got {chunk}')
     saved = runs.find(workdir, step)
     tokenizer, model = saved.tokenizer, saved.model
-    sampler.check_options(length, temps, top_k, top_p, num_samples, tokenizer.vocab_size,
-                          prefix='--')
+    for k in top_ks:
+        sampler.check_options(length, temps, k, top_p, num_samples, tokenizer.vocab_size,
+                              prefix='--')
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         prompt_ids = sampler.encode_prompt(tokenizer, prompt, start, warn=True)
@@ -89,25 +106,32 @@ def run(workdir: str, prompt: str = '', length: int = 500,
     logging.info('sampling %d x %d %s from %s on %s (%d device%s here)', len(temps) * num_samples,
                  length, 'chars' if tokenizer.kind == 'char' else 'tokens', saved.describe(),
                  devices[0].device_kind, len(devices), '' if len(devices) == 1 else 's')
-    count = len(temps) * num_samples
+    per_k = len(temps) * num_samples
+    count = per_k * len(top_ks)
+    shown_k = None if len(top_ks) == 1 else top_ks  # headers name top_k when it varies
     texts = [[prompt] for _ in range(count)]
-    last_B = [prompt_ids] * count  # each stream's previous ids, for word spacing
     if count > 1:
-        out.write(header(0, count, temps[0], seed) + '\n')
+        out.write(header(0, count, temps[0], seed, shown_k and top_ks[0]) + '\n')
     out.write(prompt)
     out.flush()
-    blocks = sampler.stream(model, params, prompt_ids, length, jax.random.key(seed),
-                            num_samples=num_samples, temperature=temps, top_k=top_k,
-                            top_p=top_p, chunk=chunk)
-    for ids_BxN in blocks:
-        for b, row in enumerate(ids_BxN):
-            texts[b].append(sampler.decode_continuation(tokenizer, last_B[b], row))
-            last_B[b] = row
-        out.write(texts[0][-1])
-        out.flush()
+    for j, k in enumerate(top_ks):  # the same key for every k: the same random numbers
+        last_B = [prompt_ids] * per_k  # each stream's previous ids, for word spacing
+        blocks = sampler.stream(model, params, prompt_ids, length, jax.random.key(seed),
+                                num_samples=num_samples, temperature=temps, top_k=k,
+                                top_p=top_p, chunk=chunk)
+        for ids_BxN in blocks:
+            for b, row in enumerate(ids_BxN):
+                texts[j * per_k + b].append(
+                    sampler.decode_continuation(tokenizer, last_B[b], row))
+                last_B[b] = row
+            if j == 0:
+                out.write(texts[0][-1])
+                out.flush()
     texts = [''.join(t) for t in texts]
     for b in range(1, count):
-        out.write(f'\n\n{header(b, count, temps[b // num_samples], seed)}\n{texts[b]}')
+        k = shown_k and top_ks[b // per_k]
+        out.write(f'\n\n{header(b, count, temps[(b % per_k) // num_samples], seed, k)}\n'
+                  f'{texts[b]}')
     out.write('\n')
     out.flush()
     return texts
@@ -158,10 +182,11 @@ class Tee:
 @cli.command
 def main(argv):
     temps = parse_temperatures(FLAGS.temperature)
+    top_ks = parse_top_ks(FLAGS.top_k)
     output = cli.check_output(FLAGS.output, flag='--output') if FLAGS.output else None
     try:
         with Tee(output) as out:
-            run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, FLAGS.top_k, FLAGS.top_p,
+            run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, top_ks, FLAGS.top_p,
                 FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk, out=out)
     except KeyboardInterrupt:  # Ctrl-C while text streams: stop quietly, --output untouched
         print(file=sys.stderr)

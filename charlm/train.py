@@ -67,7 +67,10 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int, *,
         vocab_size=vocab_size, embed_dim=m.embed_dim,
         hidden_sizes=layer_sizes(config),
         cell=m.cell, dropout_rate=m.dropout_rate, unroll=m.get('unroll', 1),
-        impl=impl, dtype=dtype)
+        impl=impl, dtype=dtype,  # .get: the fields below came after the first configs
+        variational_dropout=m.get('variational_dropout', False),
+        weight_drop=m.get('weight_drop', 0.0), embed_dropout=m.get('embed_dropout', 0.0),
+        tie_embeddings=m.get('tie_embeddings', False))
 
 
 def layer_sizes(config) -> tuple[int, ...]:
@@ -292,9 +295,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise CharLMError(f'{name} must be a positive integer, got {value!r}')
     if not config.learning_rate >= 0:  # 0 is allowed: a frozen model (tests use it)
         raise CharLMError(f'learning_rate must be >= 0, got {config.learning_rate!r}')
-    if not 0 <= config.model.dropout_rate < 1:
-        raise CharLMError(f'model.dropout_rate must be in [0, 1), got '
-                          f'{config.model.dropout_rate!r}')
+    for name in ('dropout_rate', 'weight_drop', 'embed_dropout'):
+        value = config.model.get(name, 0.0)
+        if not 0 <= value < 1:
+            raise CharLMError(f'model.{name} must be in [0, 1), got {value!r}')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

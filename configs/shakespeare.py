@@ -35,6 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
     m.hidden_size = 256  # units per layer
     m.hidden_sizes = ()  # per-layer sizes, e.g. (150, 100); overrides hidden_size when set
     m.dropout_rate = 0.1  # between layers and before the output layer
+    # AWD-LSTM's regularisers (Merity et al. 2018), training only; off here:
+    m.variational_dropout = False  # dropout_rate's masks the same at every time step
+    m.weight_drop = 0.0  # DropConnect on each layer's recurrent weights, a mask per step
+    m.embed_dropout = 0.0  # drop whole embedding rows (token types) per step
+    m.tie_embeddings = False  # head = embedding^T (+ a bias); needs embed_dim = last layer
     m.impl = 'hoisted'  # LSTM: 'hoisted' input matmul + fused backward (fast) | 'cell' (Flax
     # OptimizedLSTMCell in nn.scan, the reference) | 'cudnn' (cuDNN's fused LSTM, CUDA GPUs,
     # float32); all three share parameters and checkpoints

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from charlm import compare, evaluate, metric_writer
+from charlm import compare, evaluate, metric_writer, train
 from charlm.errors import CharLMError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -48,11 +48,36 @@ def test_rnn_and_gru_train_and_are_compared(tiny_config, tmp_path):
 
 
 def test_steps_sets_the_budget_and_at_least_ten_evaluations(tiny_config):
-    c = compare.cell_config(tiny_config, 'gru', steps=50)
+    c = compare.variant_config(tiny_config, {'model.cell': 'gru'}, steps=50)
     assert (c.model.cell, c.num_train_steps, c.eval_every_steps) == ('gru', 50, 5)
-    c = compare.cell_config(tiny_config, 'rnn', steps=5000)
+    c = compare.variant_config(tiny_config, {'model.cell': 'rnn'}, steps=5000)
     assert (c.num_train_steps, c.eval_every_steps) == (5000, 10)  # the config's, if denser
     assert tiny_config.model.cell == 'lstm'  # the base config is left alone
+
+
+def test_variants_parse_and_override_any_field(tiny_config):
+    name, o = compare.parse_variant('deep:model.hidden_sizes=(16,16,8),model.num_layers=3,'
+                                    'model.variational_dropout=True,learning_rate=0.01')
+    assert name == 'deep' and o == {'model.hidden_sizes': (16, 16, 8), 'model.num_layers': 3,
+                                    'model.variational_dropout': True, 'learning_rate': 0.01}
+    c = compare.variant_config(tiny_config, o, steps=None)
+    assert train.layer_sizes(c) == (16, 16, 8) and c.learning_rate == 0.01
+    assert compare.parse_variant('standard:') == ('standard', {})
+    with pytest.raises(CharLMError, match='unknown config key model.hiden_size'):
+        compare.variant_config(tiny_config, {'model.hiden_size': 3}, None)
+    with pytest.raises(CharLMError, match='NAME:KEY=VALUE'):
+        compare.parse_variant('model.cell=gru')
+
+
+def test_two_sizes_train_as_variants(tiny_config, tmp_path):
+    tiny_config.sample.prompts = ()
+    tiny_config.num_train_steps, tiny_config.eval_every_steps = 4, 2
+    rows = compare.compare(tiny_config, {'narrow': {'model.hidden_size': 8},
+                                         'wide': {'model.hidden_size': 24}}, str(tmp_path))
+    assert [(r['variant'], r['hidden_sizes']) for r in rows] == [('narrow', [8, 8]),
+                                                                 ('wide', [24, 24])]
+    assert rows[1]['parameters'] > rows[0]['parameters']
+    assert '| narrow | lstm | 8x8 |' in (tmp_path / 'compare.md').read_text()
 
 
 def test_bad_cells_in_process(tiny_config, tmp_path):

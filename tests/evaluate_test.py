@@ -139,3 +139,18 @@ def test_a_step_means_the_same_in_every_command(trained):
         assert not runs.find(workdir, step).best
     with pytest.raises(CharLMError, match='no checkpoint of step 3'):
         runs.find(workdir, 3)
+
+
+def test_dynamic_evaluation_reports_beside_the_static_figures(trained):
+    workdir, _ = trained
+    before = sorted((p, p.stat().st_mtime_ns) for p in pathlib.Path(workdir).rglob('*')
+                    if p.is_file() and p.name != 'lock')
+    r = evaluate.evaluate(workdir, dynamic=dict(lr=1e-3, decay=0.0, rule='rms', streams=1))
+    d = r['dynamic']
+    for key in ('loss', 'bits_per_token', 'bits_per_char', 'perplexity', 'tokens'):
+        assert math.isfinite(d[key]), key
+    assert d['tokens'] == r['tokens'] and d['loss'] != r['loss']
+    assert 'dynamic (rms, lr 0.001' in evaluate.format_report(r)
+    after = sorted((p, p.stat().st_mtime_ns) for p in pathlib.Path(workdir).rglob('*')
+                   if p.is_file() and p.name != 'lock')
+    assert after == before  # the checkpoint is only read

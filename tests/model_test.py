@@ -243,3 +243,75 @@ def test_dropout_masks_are_bernoulli_and_fresh_per_key():
     same = drop.apply({}, x, rngs={'dropout': jax.random.key(0)})
     np.testing.assert_array_equal(same, masks[0])
     np.testing.assert_array_equal(kernels.Dropout(0.1, deterministic=True).apply({}, x), x)
+
+
+# ------------------------------------------------------------------ AWD-LSTM regularisers
+
+
+def _train_apply(m, params, tokens, key=7, **kw):
+    return m.apply({'params': params}, m.init_carry(tokens.shape[0]), tokens, train=True,
+                   rngs={'dropout': jax.random.key(key)}, **kw)
+
+
+def test_variational_dropout_is_one_mask_per_sequence():
+    x = jnp.ones((4, 30, 16))
+    y = np.asarray(kernels.Dropout(0.5, False, (1,)).apply({}, x, rngs={'dropout':
+                                                                        jax.random.key(0)}))
+    np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1], y.shape))  # constant over time
+    assert 0.3 < (y[:, 0] == 0).mean() < 0.7 and set(np.unique(y)) == {0.0, 2.0}
+    assert not (y[0, 0] == y[1, 0]).all()  # but each sequence its own mask
+
+
+@pytest.mark.parametrize('impl', ['hoisted', 'cell'])
+def test_weight_drop_masks_w_h_once_per_step_and_only_in_training(impl):
+    kw = dict(vocab_size=11, embed_dim=5, hidden_sizes=(8, 6), impl=impl)
+    m, plain = model_lib.RecurrentLM(**kw, weight_drop=0.5), model_lib.RecurrentLM(**kw)
+    params, tokens = _init(m, length=9)
+    _, a = _train_apply(m, params, tokens)
+    _, b = _train_apply(m, params, tokens)
+    _, c = _train_apply(m, params, tokens, key=8)
+    np.testing.assert_array_equal(a, b)  # the mask is the step's key's
+    assert not np.allclose(a, c) and not np.allclose(a, _train_apply(plain, params, tokens)[1])
+    np.testing.assert_array_equal(m.apply({'params': params}, m.init_carry(3), tokens)[1],
+                                  plain.apply({'params': params}, plain.init_carry(3), tokens)[1])
+    if impl == 'hoisted':  # one dropped W_h for all time steps: the plain layer on it agrees
+        _, state = _train_apply(m, params, tokens, mutable=['intermediates'])
+        dropped = jax.tree.map(lambda x: x, params)
+        for layer in ('lstm_0', 'lstm_1'):
+            w = state['intermediates'][layer]['dropped_w_h'][0]
+            assert 0.3 < float((w == 0).mean()) < 0.7
+            for g, kernel in zip(kernels.GATES, jnp.split(w, 4, axis=-1), strict=True):
+                dropped[layer][f'h{g}']['kernel'] = kernel
+        np.testing.assert_allclose(a, _train_apply(plain, dropped, tokens)[1], rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_embed_dropout_drops_whole_token_types():
+    emb = jnp.ones((50, 8))
+    out = np.asarray(kernels.drop(emb, 0.5, jax.random.key(0), (50, 1)))
+    assert set(map(tuple, np.unique(out, axis=0))) == {(0.0,) * 8, (2.0,) * 8}  # rows
+    kw = dict(vocab_size=11, embed_dim=5, hidden_sizes=(8,))
+    m = model_lib.RecurrentLM(**kw, embed_dropout=0.5)
+    params, tokens = _init(m, length=40)  # 120 tokens: the folded first layer, too
+    assert not np.allclose(_train_apply(m, params, tokens)[1],
+                           _train_apply(model_lib.RecurrentLM(**kw), params, tokens)[1])
+    eval_m = m.apply({'params': params}, m.init_carry(3), tokens)[1]
+    plain = model_lib.RecurrentLM(**kw)
+    np.testing.assert_array_equal(eval_m, plain.apply({'params': params}, plain.init_carry(3),
+                                                      tokens)[1])
+
+
+def test_tied_embeddings_share_the_matrix():
+    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=6, hidden_sizes=(8, 6),
+                              tie_embeddings=True)
+    params, tokens = _init(m)
+    assert 'head' not in params and params['head_bias'].shape == (11,)
+    unused = sorted(set(range(11)) - set(np.asarray(tokens[:, :-1]).ravel()))[0]
+    grads = jax.grad(_loss, argnums=1)(m, params, m.init_carry(3), tokens)
+    assert np.abs(grads['embed']['embedding'][unused]).sum() > 0  # reached through the head
+    stepper = model_lib.stepper(m, params)
+    state, logits = stepper.step(stepper.start(m.init_carry(3)), tokens[:, 0])
+    np.testing.assert_allclose(logits, m.apply({'params': params}, m.init_carry(3),
+                                               tokens[:, :1])[1][:, 0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(CharLMError, match='tie_embeddings needs embed_dim equal'):
+        model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8,), tie_embeddings=True)

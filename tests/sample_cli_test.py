@@ -184,3 +184,20 @@ def test_damaged_checkpoint(workdir, tmp_path, damage):
         f.write_bytes(f.read_bytes()[:20])
         match = 'is unreadable'
     assert_one_line_error(run(f'--workdir={copy}', '--length=5'), match)
+
+
+def test_top_k_list_is_a_grid_from_the_same_random_numbers(workdir):
+    """--top_k=3,34,0 x --temperature=0.7,1.3: each sample headed by its settings; top_k
+    equal to the vocabulary keeps every token, so it draws what top_k=0 draws."""
+    out = io.StringIO()
+    texts = sample.run(str(workdir), 'ROMEO:', length=30, temperature=(0.7, 1.3),
+                       top_k=(3, 34, 0), seed=5, out=out)
+    assert len(texts) == 6
+    headers = [ln for ln in out.getvalue().splitlines() if ln.startswith('==> sample')]
+    assert headers == [f'==> sample {i + 1} of 6, temperature {t}, top_k {k}, seed 5 <=='
+                       for i, (k, t) in enumerate((k, t) for k in (3, 34, 0) for t in (0.7, 1.3))]
+    assert texts[2:4] == texts[4:6]  # k = V and k = 0: the same draws
+    assert texts[0:2] != texts[4:6]  # k = 3 decodes differently
+    single = sample.run(str(workdir), 'ROMEO:', length=30, temperature=0.7, top_k=3, seed=5,
+                        out=io.StringIO())
+    assert single == texts[:1]  # the first cell of the grid is the lone sample

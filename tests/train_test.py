@@ -118,7 +118,10 @@ def _final_params(workdir):
 
 
 def test_stop_and_resume_equals_uninterrupted(tiny_config, tmp_path):
-    tiny_config.model.dropout_rate = 0.2  # the dropout stream must resume too
+    tiny_config.model.dropout_rate = 0.2  # the dropout streams must resume too, and so
+    tiny_config.model.variational_dropout = True  # must the regularisers' masks
+    tiny_config.model.weight_drop = 0.3
+    tiny_config.model.embed_dropout = 0.1
     train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
     out = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=7)
     assert out['step'] == 7 and 'stop_at' in out['stop_reason']
