@@ -3,19 +3,30 @@
 XLA_FLAGS must be set before jax is imported anywhere, hence here and not in a fixture.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One compile cache for the session, this process and the commands it runs: the same
+# tiny programs are compiled by dozens of tests. Fresh each session, removed at exit.
+_CACHE = tempfile.mkdtemp(prefix='charlm-tests-jax-')
+atexit.register(shutil.rmtree, _CACHE, True)
+os.environ['CHARLM_COMPILATION_CACHE'] = _CACHE
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+jax.config.update('jax_compilation_cache_dir', _CACHE)
 
 SHAKESPEARE_LIKE = """First Citizen:
 Before we proceed any further, hear me speak.
