@@ -210,7 +210,10 @@ class Checkpoints:
             wait = getattr(mngr, '_maybe_await_cleanup_tmp_directory', None)
             if wait is not None:
                 wait()
-            mngr.close()
+            try:
+                mngr.close()
+            except Exception:  # a failed save, already reported by save() or wait()
+                pass
 
 
 def _model_fields(config) -> dict:

@@ -107,22 +107,32 @@ def find(workdir: str, step: int | None = None) -> Run:
         raise CharLMError('--workdir is empty: name a training workdir')
     if not path.is_dir():
         raise CharLMError(f'workdir {path} does not exist ({hint})')
-    latest, best = saved_steps(path / 'checkpoints'), saved_steps(path / 'best')
-    if not latest and not best:
-        raise CharLMError(f'no checkpoint in {path} ({hint})')
-    if step is None:
-        use_best = bool(best)
-        step = max(best) if best else max(latest)
-    elif step in latest or step in best:
-        use_best = step not in latest
+    for _ in range(3):
+        latest, best = saved_steps(path / 'checkpoints'), saved_steps(path / 'best')
+        if not latest and not best:
+            raise CharLMError(f'no checkpoint in {path} ({hint})')
+        if step is None:
+            use_best, chosen = bool(best), max(best) if best else max(latest)
+        elif step in latest or step in best:
+            use_best, chosen = step not in latest, step
+        else:
+            have = ', '.join(map(str, sorted(set(latest) | set(best))))
+            raise CharLMError(f'no checkpoint of step {step} in {path}; saved steps: {have}')
+        ckpts = checkpointing.Checkpoints(str(path), create=False)
+        try:
+            saved = ckpts.read_json(chosen, best=use_best)
+            break
+        except checkpointing.DamagedCheckpoint:
+            # A run training this workdir may have replaced that save while it was read
+            # (the best, or the oldest latest one): look again; a save still there is damaged.
+            if (path / ('best' if use_best else 'checkpoints') / str(chosen)).is_dir():
+                raise
+        finally:
+            ckpts.close()  # waits for orbax's threads too
     else:
-        have = ', '.join(map(str, sorted(set(latest) | set(best))))
-        raise CharLMError(f'no checkpoint of step {step} in {path}; saved steps: {have}')
-    ckpts = checkpointing.Checkpoints(str(path), create=False)
-    try:
-        saved = ckpts.read_json(step, best=use_best)
-    finally:
-        ckpts.close()  # waits for orbax's threads too
+        raise CharLMError(f'the checkpoints of {path} change faster than they can be read: '
+                          'try again')
+    step = chosen
     try:
         tokenizer = tokenizers.from_json(saved['tokenizer'])
         config = ml_collections.ConfigDict(saved['config'])

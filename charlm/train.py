@@ -362,8 +362,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         for saved_step, e in damaged:  # kept, out of the way of this run's saves
             logging.warning('%s; moved to %s; resuming from step %d instead', e,
                             ckpts.set_aside(saved_step), resume_step)
-        for best_step in ckpts.best.all_steps() if damaged else ():
-            if best_step > resume_step:  # from the steps this run does again
+        for best_step in ckpts.best.all_steps() if resume_step is not None else ():
+            # A best save after the step resumed from (a run killed between that best save
+            # and its next latest one, or a damaged latest save): from steps this run does
+            # again, so kept aside, out of the way of its own best saves.
+            if best_step > resume_step:
                 logging.warning('best checkpoint of step %d (after step %d) moved to %s',
                                 best_step, resume_step, ckpts.set_aside(best_step, best=True))
         if corpus is None:

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,3 +249,15 @@ def test_second_ctrl_c_stops_at_once_with_one_line(corpus_file, tmp_path):
     assert len(lines) == 1, proc.stderr[-2000:]
     assert 'stopped at once by a second SIGINT: the newest checkpoint is' in lines[0]
     assert f'{tmp_path}/w/checkpoints/1' in lines[0]  # 10 or 15
+
+
+def test_a_best_save_newer_than_the_resumed_step_is_set_aside(tiny_config, tmp_path, caplog):
+    """Killed between step 20's best save and its latest save: the run resumes from 10,
+    keeps the orphaned best/20 aside, and saves its own best again (it used to stop on
+    'Checkpoint for step 20 already exists')."""
+    run = tmp_path / 'run'
+    train.train_and_evaluate(tiny_config, str(run))
+    shutil.rmtree(run / 'checkpoints' / '20')
+    out = train.train_and_evaluate(tiny_config, str(run))
+    assert out['step'] == 20 and 'best checkpoint of step 20 (after step 10)' in caplog.text
+    assert (run / 'set_aside' / 'best-20' / 'state').is_dir() and (run / 'best' / '20').is_dir()
