@@ -49,31 +49,22 @@ def define_flags() -> None:
     flags.mark_flags_as_required(['workdir'])
 
 
-def parse_temperatures(values: list[str]) -> tuple[float, ...]:
+def parse_numbers(values: list[str], flag: str, kind: type = float) -> tuple:
+    """A comma-separated flag's values as numbers of `kind` (float, int)."""
     try:
-        temps = tuple(float(v) for v in values)
+        numbers = tuple(kind(v) for v in values)
     except ValueError:
-        raise CharLMError(f'--temperature must be numbers separated by commas, got '
+        what = 'integers' if kind is int else 'numbers'
+        raise CharLMError(f'--{flag} must be {what} separated by commas, got '
                           f'{",".join(values)!r}') from None
-    if not temps:
-        raise CharLMError('--temperature needs at least one value')
-    return temps
+    if not numbers:
+        raise CharLMError(f'--{flag} needs at least one value')
+    return numbers
 
 
 def header(i: int, n: int, temperature: float, seed: int, top_k: int | None = None) -> str:
     k = '' if top_k is None else f', top_k {top_k}'
     return f'==> sample {i + 1} of {n}, temperature {temperature:g}{k}, seed {seed} <=='
-
-
-def parse_top_ks(values: list[str]) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(v) for v in values)
-    except ValueError:
-        raise CharLMError(f'--top_k must be integers separated by commas, got '
-                          f'{",".join(values)!r}') from None
-    if not ks:
-        raise CharLMError('--top_k needs at least one value')
-    return ks
 
 
 def run(workdir: str, prompt: str = '', length: int = 500,
@@ -181,8 +172,8 @@ class Tee:
 
 @cli.command
 def main(argv):
-    temps = parse_temperatures(FLAGS.temperature)
-    top_ks = parse_top_ks(FLAGS.top_k)
+    temps = parse_numbers(FLAGS.temperature, 'temperature')
+    top_ks = parse_numbers(FLAGS.top_k, 'top_k', int)
     output = cli.check_output(FLAGS.output, flag='--output') if FLAGS.output else None
     try:
         with Tee(output) as out:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_force_host_platform_device_count=4').strip()
@@ -81,3 +82,24 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, match: str) -> None
     assert 'Traceback' not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
     assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
+
+
+def start_training(workdir, corpus, *overrides, devices=4) -> subprocess.Popen:
+    """`charlm.main` on configs/tiny.py as a real process, its stderr piped for `wait_for`."""
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+               PYTHONUNBUFFERED='1')
+    return subprocess.Popen(
+        [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+         f'--config.data.path={corpus}', *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc, text, timeout=120):
+    """Reads stderr until a line contains `text`; returns the lines read."""
+    lines, deadline = [], time.monotonic() + timeout
+    for line in proc.stderr:
+        lines.append(line)
+        if text in line:
+            return lines
+        assert time.monotonic() < deadline, ''.join(lines[-20:])
+    raise AssertionError(f'process ended before {text!r}:\n' + ''.join(lines[-30:]))

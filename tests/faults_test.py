@@ -10,35 +10,16 @@ import time
 
 import jax
 import numpy as np
+from conftest import start_training, wait_for
 
 from charlm import checkpointing, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def start(workdir, corpus, *overrides):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-               PYTHONUNBUFFERED='1')
-    return subprocess.Popen(
-        [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
-         f'--config.data.path={corpus}', *overrides],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(proc, text, timeout=120):
-    """Reads stderr until a line contains `text`; returns the lines read."""
-    lines, deadline = [], time.monotonic() + timeout
-    for line in proc.stderr:
-        lines.append(line)
-        if text in line:
-            return lines
-        assert time.monotonic() < deadline, ''.join(lines[-20:])
-    raise AssertionError(f'process ended before {text!r}:\n' + ''.join(lines[-30:]))
-
-
 def test_sigterm_checkpoints_and_exits_cleanly(corpus_file, tmp_path):
     workdir = tmp_path / 'run'
-    proc = start(workdir, corpus_file, '--config.num_train_steps=100000',
+    proc = start_training(workdir, corpus_file, '--config.num_train_steps=100000',
                  '--config.checkpoint_every_steps=100000', '--config.eval_every_steps=100000')
     wait_for(proc, 'step ')  # training is under way
     proc.send_signal(signal.SIGTERM)
@@ -60,12 +41,12 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tiny_config, 
     workdir = tmp_path / 'killed'
     rng = random.Random(0)
     for _ in range(3):
-        proc = start(workdir, tiny_config.data.path, *flags)
+        proc = start_training(workdir, tiny_config.data.path, *flags)
         wait_for(proc, 'step ')
         time.sleep(rng.uniform(0.0, 1.5))  # anywhere: mid-step, mid-save, mid-eval
         proc.kill()
         proc.wait()
-    proc = start(workdir, tiny_config.data.path, *flags)
+    proc = start_training(workdir, tiny_config.data.path, *flags)
     rest = proc.stderr.read()
     assert proc.wait(timeout=300) == 0, rest[-3000:]
     final = rest.split('done: ')[1]

@@ -13,34 +13,15 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, start_training, wait_for
 
 from charlm import checkpointing, metric_writer, runs, train, workdir
 from charlm.errors import CharLMError
 
 
-def start(workdir_, corpus, *overrides, devices=4):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               PYTHONUNBUFFERED='1')
-    return subprocess.Popen(
-        [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir_}',
-         f'--config.data.path={corpus}', *overrides],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(proc, text, timeout=120):
-    lines, deadline = [], time.monotonic() + timeout
-    for line in proc.stderr:
-        lines.append(line)
-        if text in line:
-            return lines
-        assert time.monotonic() < deadline, ''.join(lines[-20:])
-    raise AssertionError(f'process ended before {text!r}:\n' + ''.join(lines[-30:]))
-
-
 def test_a_second_run_is_refused_and_readers_still_work(corpus_file, tmp_path):
     run = tmp_path / 'run'
-    first = start(run, corpus_file, '--config.num_train_steps=100000',
+    first = start_training(run, corpus_file, '--config.num_train_steps=100000',
                   '--config.checkpoint_every_steps=10', '--config.eval_every_steps=10',
                   '--config.log_every_steps=10')
     try:
