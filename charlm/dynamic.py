@@ -16,17 +16,15 @@ windows, on one device, with no host sync per window; the checkpoint is never mo
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm import data
+from charlm import data, train  # the loss is training's (train._nll)
 from charlm.errors import CharLMError
 
 RULES = ('sgd', 'rms')
-LN2 = math.log(2.0)
 
 
 def windows(tokens: np.ndarray, seq_len: int, streams: int) -> dict[str, np.ndarray]:
@@ -39,8 +37,6 @@ def windows(tokens: np.ndarray, seq_len: int, streams: int) -> dict[str, np.ndar
 def adapt(model, params, windows_WxSxT: dict, lr: float, decay: float, *, rule: str = 'rms',
           beta: float = 0.99, eps: float = 1e-8):
     """Scores every window, then steps on it: (nll_W, count_W, adapted params)."""
-    from charlm import train  # the loss is training's (charlm.train._nll)
-
     def body(loop, window):
         theta, ms, t, carry = loop
 
@@ -79,9 +75,5 @@ def dynamic_evaluate(model, params, tokens: np.ndarray, seq_len: int, *, lr: flo
     w = windows(tokens, seq_len, streams)
     nll_W, count_W, _ = adapt(model, jax.device_put(params), w, float(lr), float(decay),
                               rule=rule)
-    nll = float(np.asarray(nll_W, np.float64).sum())
-    count = float(np.asarray(count_W, np.float64).sum())
-    loss = nll / count
-    return {'loss': loss, 'bits_per_token': loss / LN2,
-            'bits_per_char': nll / (chars if chars else count) / LN2,
-            'perplexity': math.exp(loss) if loss < 700 else math.inf, 'tokens': count}
+    return train.loss_metrics(float(np.asarray(nll_W, np.float64).sum()),
+                              float(np.asarray(count_W, np.float64).sum()), chars)

@@ -72,7 +72,7 @@ def score(run: runs.Run, params, text: str) -> dict[str, Any]:
                              config.data.get('stateful', False))
     return {
         'tokenizer': tok.kind, 'characters': chars, 'tokens': int(metrics['tokens']),
-        'loss': metrics['loss'], 'bits_per_token': metrics['loss'] / train.LN2,
+        'loss': metrics['loss'], 'bits_per_token': metrics['bits_per_token'],
         'bits_per_char': metrics['bits_per_char'], 'perplexity': metrics['perplexity'],
         'unknown_tokens': int(np.sum(ids == 0)) if tok.kind == 'word' else 0,
         'unknown_words': tok.unknown(text)[:20] if tok.kind == 'word' else [],

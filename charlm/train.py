@@ -227,7 +227,7 @@ def parallel_steps(model) -> ParallelSteps:
 MAX_IN_FLIGHT = 4
 
 
-# ------------------------------------------------------------------ data for a config
+# ------------------------------------------------------------------ evaluation over a split
 
 
 def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Layout,
@@ -254,13 +254,17 @@ def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Lay
         sums += _local_sums(in_flight.popleft())
     if jax.process_count() > 1:
         sums = _sum_over_processes(sums)
-    nll, count = float(sums[0]), float(sums[1])
+    return loss_metrics(float(sums[0]), float(sums[1]), chars)
+
+
+def loss_metrics(nll: float, count: float, chars: int | None = None) -> dict[str, float]:
+    """Summed nll over `count` targets as nats/token, bits/token, bits/char, perplexity."""
     loss = nll / count
     # bits per character of the original text; for char models the two counts agree.
     per_char = nll / (chars if chars else count)
     perplexity = math.exp(loss) if loss < 700 else math.inf
-    return {'loss': loss, 'bits_per_char': per_char / LN2, 'perplexity': perplexity,
-            'tokens': count}
+    return {'loss': loss, 'bits_per_token': loss / LN2, 'bits_per_char': per_char / LN2,
+            'perplexity': perplexity, 'tokens': count}
 
 
 def _local_sums(out: dict) -> np.ndarray:
