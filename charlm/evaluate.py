@@ -8,6 +8,11 @@ The split is re-derived from the checkpoint's own config (corpus, val/test fract
 and scored over every target in the same fixed windows as training's validation, so
 `--step=N` reproduces the val loss logged at step N. The checkpoint is found as every
 command finds one (`charlm.runs`).
+
+`--window=N` scores in windows of N tokens instead (each from a zero state, as in
+training's validation): `--window=256` gives every prediction the context nanoGPT's
+block_size=256 transformer gets, so the two losses compare like for like. A stateful run
+(data.stateful) passes the state between windows, so the window does not matter there.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def split_of(config: ml_collections.ConfigDict, split: str) -> str:
     return parts[split]
 
 
-def score(run: runs.Run, params, text: str) -> dict[str, Any]:
+def score(run: runs.Run, params, text: str, window: int | None = None) -> dict[str, Any]:
     """Loss per token (nats), bits per token and per character, perplexity, over `text`.
 
     Characters outside a char model's vocabulary are an error naming them; words outside
@@ -68,10 +73,12 @@ def score(run: runs.Run, params, text: str) -> dict[str, Any]:
     eval_fn = train.parallel_steps(run.model).eval  # cached: compiled once per model
     params = jax_utils.replicate(params)
     chars = data.predicted_chars(tok, text)  # all but the first token's, as in training
-    metrics = train.evaluate(eval_fn, params, ids, config.data.seq_len, layout, chars,
+    window = window or config.data.seq_len
+    metrics = train.evaluate(eval_fn, params, ids, window, layout, chars,
                              config.data.get('stateful', False))
     return {
         'tokenizer': tok.kind, 'characters': chars, 'tokens': int(metrics['tokens']),
+        'window': window,
         'loss': metrics['loss'], 'bits_per_token': metrics['bits_per_token'],
         'bits_per_char': metrics['bits_per_char'], 'perplexity': metrics['perplexity'],
         'unknown_tokens': int(np.sum(ids == 0)) if tok.kind == 'word' else 0,
@@ -80,7 +87,8 @@ def score(run: runs.Run, params, text: str) -> dict[str, Any]:
 
 
 def evaluate(workdir: str, split: str | None = None, text_file: str | None = None,
-             step: int | None = None, dynamic: dict[str, Any] | None = None) -> dict[str, Any]:
+             step: int | None = None, dynamic: dict[str, Any] | None = None,
+             window: int | None = None) -> dict[str, Any]:
     """What the command line prints: scores plus where the checkpoint and text came from.
 
     `dynamic` (lr, decay, rule, streams): also score the text with dynamic evaluation
@@ -88,6 +96,8 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     """
     if split and text_file:
         raise CharLMError('use --split or --text_file, not both')
+    if window is not None and window < 1:
+        raise CharLMError(f'--window must be a positive number of tokens, got {window}')
     run = runs.find(workdir, step)
     if text_file:
         text, source = data.load_text(text_file), text_file
@@ -99,7 +109,7 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     params = run.params()
     out = {'workdir': workdir, 'checkpoint': run.which, 'step': run.step, 'source': source,
            'cell': run.model.cell, 'hidden_sizes': list(run.model.hidden_sizes),
-           **score(run, params, text)}
+           **score(run, params, text, window)}
     if dynamic is not None:
         from charlm import dynamic as dynamic_lib
         ids = run.tokenizer.encode(text)
@@ -113,7 +123,8 @@ def format_report(r: dict[str, Any]) -> str:
     unit = 'char' if r['tokenizer'] == 'char' else 'word'
     lines = [f'{r["workdir"]}: {r["checkpoint"]} checkpoint, step {r["step"]} ({r["cell"]}, '
              f'hidden {"x".join(map(str, r["hidden_sizes"]))})',
-             f'{r["source"]}: {r["characters"]:,} characters, {r["tokens"]:,} {unit} targets']
+             f'{r["source"]}: {r["characters"]:,} characters, {r["tokens"]:,} {unit} targets, '
+             f'windows of {r["window"]}']
     if unit == 'char':
         lines.append(f'loss {r["loss"]:.4f} nats/char   {r["bits_per_char"]:.4f} bits/char   '
                      f'perplexity {r["perplexity"]:.3f}')
@@ -149,6 +160,8 @@ def define_flags() -> None:
     flags.DEFINE_string('text_file', None, 'Score this UTF-8 file instead of a split.')
     flags.DEFINE_integer('step', None, runs.STEP_HELP)
     flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
+    flags.DEFINE_integer('window', None, "Score in windows of this many tokens, each from a "
+                         "zero state (default: the run's data.seq_len, as its validation).")
     flags.DEFINE_bool('dynamic', False, 'Also score with dynamic evaluation: a gradient step '
                       'after each window, so the model adapts to the text (charlm.dynamic).')
     flags.DEFINE_float('dynamic_lr', 3e-4, 'Dynamic evaluation: step size (0 = static).')
@@ -165,7 +178,7 @@ def define_flags() -> None:
 def main(argv):
     dynamic = (dict(lr=FLAGS.dynamic_lr, decay=FLAGS.dynamic_decay, rule=FLAGS.dynamic_rule,
                     streams=FLAGS.dynamic_streams) if FLAGS.dynamic else None)
-    r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step, dynamic)
+    r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step, dynamic, FLAGS.window)
     if FLAGS.json:
         def finite(d):
             return {k: finite(v) if isinstance(v, dict) else

@@ -396,9 +396,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     meta = {'best_val_loss': math.inf, 'best_step': -1, 'evals_since_best': 0} | meta
     last = {'step': step}
     pending, t_last, step_last = [], time.perf_counter(), step
+    # The train loss logged at a step averages the steps since the last log step of the
+    # schedule. A run stopped between two logs saves that partial window in meta, so the
+    # run that resumes logs the same values as one never stopped.
+    window = meta.pop('log_window', None) or {'nll': 0.0, 'count': 0.0}
 
     def save(best: bool = False):
-        ckpts.save(step, to_host(state), tok.to_json(), config.to_dict(), meta, best=best)
+        saved_meta = meta | ({'log_window': window} if window['count'] else {})
+        ckpts.save(step, to_host(state), tok.to_json(), config.to_dict(), saved_meta, best=best)
 
     def check_finite(loss, split):
         if not math.isfinite(loss):
@@ -408,14 +413,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             raise CharLMError(f'training diverged: {split} loss is {loss} at step {step}; '
                               f'{where}; lower learning_rate or grad_clip_norm')
 
-    def flush_metrics():
-        nonlocal pending, t_last, step_last
+    def flush_metrics(scheduled: bool = True):
+        """Logs the steps since the last log; `scheduled=False` (a stop) keeps the window."""
+        nonlocal pending, t_last, step_last, window
         if not pending:
             return
         fetched = jax.device_get(pending)
-        nll = sum(float(m['nll_sum'][0]) for m in fetched)
-        count = sum(float(m['count'][0]) for m in fetched)
-        loss = nll / count
+        window = dict(window)
+        for m in fetched:  # one step at a time: the same sums whether or not it was stopped
+            window['nll'] += float(m['nll_sum'][0])
+            window['count'] += float(m['count'][0])
+        loss = window['nll'] / window['count']
         check_finite(loss, 'train')
         now = time.perf_counter()
         rate = tokens_per_step * (step - step_last) / (now - t_last)
@@ -427,6 +435,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         progress.log(step, loss, rate, unit)
         last.update(step=step, train_loss=loss)
         pending, t_last, step_last = [], now, step
+        if scheduled:
+            window = {'nll': 0.0, 'count': 0.0}
 
     def evaluate_and_track() -> str | None:
         """Validation loss, samples, the best checkpoint; an early-stopping reason or None."""
@@ -477,7 +487,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 stopping = stop.agreed(do_log) or (stop_at is not None and step >= stop_at
                                                    and not at_end)
                 if do_log or stopping:
-                    flush_metrics()  # also the NaN check before anything is saved
+                    flush_metrics(do_log)  # also the NaN check before anything is saved
                 if do_eval:
                     stop_reason = evaluate_and_track()
                     # A signal that came during the evaluation: every process evaluated, so

@@ -53,6 +53,12 @@ def test_evaluate_reproduces_the_logged_val_loss(trained):
         assert r['bits_per_char'] == pytest.approx(
             r['loss'] * r['tokens'] / r['characters'] / math.log(2), rel=1e-6)
         assert r['tokenizer'] == 'word' and r['tokens'] < r['characters'] / 2
+    # Other windows: every target still scored once, each window from a zero state.
+    same = evaluate.evaluate(workdir, step=20, window=16)  # tiny's data.seq_len
+    longer = evaluate.evaluate(workdir, step=20, window=48)
+    assert same['loss'] == r['loss'] and same['window'] == 16
+    assert longer['window'] == 48 and longer['tokens'] == r['tokens']
+    assert longer['loss'] != r['loss'] and math.isfinite(longer['loss'])
     best = evaluate.evaluate(workdir)  # default: the best checkpoint
     assert best['checkpoint'] == 'best' and best['step'] == 20
     test = evaluate.evaluate(workdir, split='test')
@@ -100,6 +106,8 @@ def test_bad_input_in_process(trained):
         evaluate.evaluate(workdir, step=7)
     with pytest.raises(CharLMError, match='not both'):
         evaluate.evaluate(workdir, split='val', text_file='x.txt')
+    with pytest.raises(CharLMError, match='--window must be a positive'):
+        evaluate.evaluate(workdir, window=0)
 
 
 def _char_checkpoint(workdir, config):

@@ -236,14 +236,22 @@ def test_state_is_float32(tiny_config):
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
 
 
-def test_stateful_training_carries_state_and_resumes_exactly(tiny_config, tmp_path):
+@pytest.mark.parametrize('stop_at', [7, 17])  # 17: inside the last log window (16-20)
+def test_stateful_training_carries_state_and_resumes_exactly(tiny_config, tmp_path, stop_at):
     tiny_config.data.stateful = True
     tiny_config.model.dropout_rate = 0.1
     straight = train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
-    train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=7)
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=stop_at)
     pieces = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'))
     assert pieces['train_loss'] == straight['train_loss']
     assert pieces['val_loss'] == straight['val_loss']
+    # Every scheduled log of the resumed run equals the uninterrupted run's; the stopped
+    # run's own log at its stop step (a partial window) is the one extra point.
+    logged = {k: dict(v) for k, v in metric_writer.read_scalars(str(tmp_path / 'pieces')).items()}
+    for tag in ('train/loss', 'val/loss'):
+        want = dict(metric_writer.read_scalars(str(tmp_path / 'straight'))[tag])
+        assert {s: logged[tag][s] for s in want} == want, tag
+        assert set(logged[tag]) - set(want) <= {stop_at}
     _, saved = _final_params(tmp_path / 'straight')
     carry = saved['carry']  # the global carry: one row per stream
     assert np.asarray(jax.tree.leaves(carry)[0]).shape == (tiny_config.batch_size, 16)
