@@ -399,10 +399,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # The train loss logged at a step averages the steps since the last log step of the
     # schedule. A run stopped between two logs saves that partial window in meta, so the
     # run that resumes logs the same values as one never stopped.
-    window = meta.pop('log_window', None) or {'nll': 0.0, 'count': 0.0}
+    log_window = meta.pop('log_window', None) or {'nll': 0.0, 'count': 0.0}
 
     def save(best: bool = False):
-        saved_meta = meta | ({'log_window': window} if window['count'] else {})
+        saved_meta = meta | ({'log_window': log_window} if log_window['count'] else {})
         ckpts.save(step, to_host(state), tok.to_json(), config.to_dict(), saved_meta, best=best)
 
     def check_finite(loss, split):
@@ -415,15 +415,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     def flush_metrics(scheduled: bool = True):
         """Logs the steps since the last log; `scheduled=False` (a stop) keeps the window."""
-        nonlocal pending, t_last, step_last, window
+        nonlocal pending, t_last, step_last, log_window
         if not pending:
             return
         fetched = jax.device_get(pending)
-        window = dict(window)
+        nll, count = log_window['nll'], log_window['count']
         for m in fetched:  # one step at a time: the same sums whether or not it was stopped
-            window['nll'] += float(m['nll_sum'][0])
-            window['count'] += float(m['count'][0])
-        loss = window['nll'] / window['count']
+            nll += float(m['nll_sum'][0])
+            count += float(m['count'][0])
+        log_window = {'nll': nll, 'count': count}  # a new dict: a save may hold the old one
+        loss = nll / count
         check_finite(loss, 'train')
         now = time.perf_counter()
         rate = tokens_per_step * (step - step_last) / (now - t_last)
@@ -436,7 +437,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last.update(step=step, train_loss=loss)
         pending, t_last, step_last = [], now, step
         if scheduled:
-            window = {'nll': 0.0, 'count': 0.0}
+            log_window = {'nll': 0.0, 'count': 0.0}
 
     def evaluate_and_track() -> str | None:
         """Validation loss, samples, the best checkpoint; an early-stopping reason or None."""
