@@ -61,7 +61,7 @@ def plan(a: argparse.Namespace, work: pathlib.Path) -> list[Step]:
     steps = [Step('versions', [[PY, SELF, '--worker=versions', f'--json={work}/versions.json']],
                   90, result=f'{work}/versions.json'),
              Step('pytest_cudnn', [[PY, '-m', 'pytest', 'tests/model_test.py', '-k', 'cudnn',
-                                    '-rfEs', '-p', 'no:cacheprovider']], 180,
+                                    '-rfEs', '-p', 'no:cacheprovider', '-o', 'addopts=-q']], 180,
                   {'JAX_PLATFORMS': 'cuda'})]
     for impl in ('hoisted', 'cudnn', 'cell'):  # train 1 step, evaluate, save, sample
         w = work / f'smoke_{impl}'

@@ -6,6 +6,7 @@
 #
 # Every process gets the same flags plus --coordinator_address/--num_processes/
 # --process_id. Output lines are prefixed with [process]. Exits non-zero if any fails.
+# XLA_FLAGS, if set, is passed on (without a device count: D is added to it).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS [charlm.main flags...]" >&2
@@ -17,7 +18,7 @@ port=${PORT:-$((20000 + RANDOM % 20000))}
 cd "$(dirname "$0")/.."
 pids=()
 for ((i = 0; i < n; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
     python -u -m charlm.main --coordinator_address="localhost:$port" --num_processes="$n" \
     --process_id="$i" "$@" > >(sed -u "s/^/[$i] /") 2>&1 &
   pids+=($!)

@@ -5,12 +5,10 @@ This is also the test that GRU and RNN models train on the tiny config.
 
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 from charlm import compare, evaluate, metric_writer, train
 from charlm.errors import CharLMError
@@ -88,10 +86,7 @@ def test_bad_cells_in_process(tiny_config, tmp_path):
 
 
 def run(*args):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-               JAX_PLATFORMS='cpu')
-    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=120)
+    return run_cli(*args, timeout=120)
 
 
 @pytest.mark.parametrize('args,match', [

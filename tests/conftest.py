@@ -1,6 +1,9 @@
 """Four fake CPU devices and strict broadcasting for every test.
 
 XLA_FLAGS must be set before jax is imported anywhere, hence here and not in a fixture.
+The tests' programs are tiny and compiled once each, so XLA compiles them without LLVM's
+optimisations (--xla_backend_optimization_level=0): the suite is mostly compile time, and
+the commands it runs get the same flag (cli_env), so their numbers equal the in-process ones.
 """
 
 import atexit
@@ -12,7 +15,8 @@ import sys
 import tempfile
 import time
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + f' {FAST_COMPILE}'
                            + ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One compile cache for the session, this process and the commands it runs: the same
@@ -68,10 +72,15 @@ def tiny_config(corpus_file, tmp_path):
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def cli_env(devices=1, **extra) -> dict:
+    """The environment of a command the tests run: `devices` fake CPUs, the tests' flags."""
+    return dict(os.environ, XLA_FLAGS=f'{FAST_COMPILE} --xla_force_host_platform_device_count='
+                f'{devices}', JAX_PLATFORMS='cpu', **extra)
+
+
 def run_cli(*args, devices=1, timeout=300) -> subprocess.CompletedProcess:
     """`python -m ARGS` from the repository root, as a user runs it, on `devices` CPUs."""
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
+    env = cli_env(devices)
     return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
 
@@ -86,8 +95,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, match: str) -> None
 
 def start_training(workdir, corpus, *overrides, devices=4) -> subprocess.Popen:
     """`charlm.main` on configs/tiny.py as a real process, its stderr piped for `wait_for`."""
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               PYTHONUNBUFFERED='1')
+    env = cli_env(devices, PYTHONUNBUFFERED='1')
     return subprocess.Popen(
         [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
          f'--config.data.path={corpus}', *overrides],

@@ -17,6 +17,8 @@ from charlm import checkpointing, evaluate, metric_writer, runs, tokenizers, tra
 from charlm.errors import CharLMError
 from charlm.tokenizers import WordTokenizer
 
+pytestmark = pytest.mark.xdist_group('evaluate')  # its module-scoped fixture: one worker
+
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):

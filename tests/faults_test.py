@@ -62,7 +62,8 @@ SIGTERM_IN_EVAL = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from configs import tiny
-from charlm import train
+from charlm import cli, train
+cli.compilation_cache()  # the tests' cache (CHARLM_COMPILATION_CACHE), as the commands do
 real = train.evaluate
 
 def evaluate(*args, **kwargs):  # preempted in the middle of the evaluation at step 20

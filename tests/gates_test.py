@@ -1,13 +1,11 @@
 """charlm.gates: gate activations from the model's own cells, drawn as heatmaps."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from charlm import checkpointing, gates, tokenizers, train
 from charlm import model as model_lib
@@ -141,10 +139,7 @@ def test_out_units_and_max_tokens_are_checked_first(tiny_config, tmp_path):
 
 
 def run(*args, timeout=120):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-               JAX_PLATFORMS='cpu')
-    return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    return run_cli(*args, timeout=timeout)
 
 
 @pytest.mark.parametrize('cell,args,match', [

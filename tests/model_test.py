@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,15 +12,27 @@ from charlm.errors import CharLMError
 
 def _init(m, batch=3, length=7):
     tokens = jax.random.randint(jax.random.key(1), (batch, length), 0, m.vocab_size)
-    params = m.init(jax.random.key(0), m.init_carry(batch), tokens)['params']
+    params = jax.jit(m.init)(jax.random.key(0), m.init_carry(batch), tokens)['params']
     return params, tokens
+
+
+def _apply(m, *args, **kw):
+    """m.apply as one compiled program: run op by op, a model's apply compiles each of its
+    hundreds of operations on its own, which made these tests slow."""
+    static = {k: kw.pop(k) for k in ('train', 'mutable') if k in kw}
+    return jax.jit(functools.partial(m.apply, **static))(*args, **kw)
+
+
+def _grad(fn, argnums):
+    """jax.grad(fn) compiled, fn's first argument (a model) static."""
+    return jax.jit(jax.grad(fn, argnums=argnums), static_argnums=0)
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
 def test_shapes(cell):
     m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8, 6), cell=cell)
     params, tokens = _init(m)
-    carry, logits = m.apply({'params': params}, m.init_carry(3), tokens)
+    carry, logits = _apply(m, {'params': params}, m.init_carry(3), tokens)
     assert logits.shape == (3, 7, 11) and logits.dtype == jnp.float32
     assert jax.tree.map(jnp.shape, carry) == jax.tree.map(jnp.shape, m.init_carry(3))
 
@@ -55,10 +69,10 @@ def test_step_equals_apply_token_by_token(cell, impl, fast):
                          m.init_carry(3))
     stepper = model_lib.stepper(m, params)
     assert isinstance(stepper, kernels.FoldedStepper) == fast
-    state, carry = stepper.start(start), start
+    state, carry, apply = stepper.start(start), start, jax.jit(m.apply)
     for t in range(tokens.shape[1]):
         state, logits = stepper.step(state, tokens[:, t])
-        carry, want = m.apply({'params': params}, carry, tokens[:, t:t + 1])
+        carry, want = apply({'params': params}, carry, tokens[:, t:t + 1])
         np.testing.assert_allclose(logits, want[:, 0], rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(stepper.carry(state)), jax.tree.leaves(carry), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -115,16 +129,16 @@ def test_hoisted_lstm_equals_the_flax_cell(unroll, batch, folds):
     tokens = jax.random.randint(jax.random.key(3), (batch, 12), 0, 13)
     assert fast.folds_embedding(tokens[:, :-1].size) == folds
     assert not ref.folds_embedding(tokens[:, :-1].size)
-    p_ref = ref.init(jax.random.key(0), ref.init_carry(batch), tokens)['params']
-    p_fast = fast.init(jax.random.key(0), fast.init_carry(batch), tokens)['params']
+    p_ref = jax.jit(ref.init)(jax.random.key(0), ref.init_carry(batch), tokens)['params']
+    p_fast = jax.jit(fast.init)(jax.random.key(0), fast.init_carry(batch), tokens)['params']
     jax.tree.map(np.testing.assert_array_equal, p_ref, p_fast)  # same init too
     carry = jax.tree.map(lambda x: x + 0.5, ref.init_carry(batch))
-    out_ref = ref.apply({'params': p_ref}, carry, tokens)
-    out_fast = fast.apply({'params': p_ref}, carry, tokens)
+    out_ref = _apply(ref, {'params': p_ref}, carry, tokens)
+    out_fast = _apply(fast, {'params': p_ref}, carry, tokens)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  out_ref, out_fast)
-    g_ref = jax.grad(_loss, argnums=(1, 2))(ref, p_ref, carry, tokens)
-    g_fast = jax.grad(_loss, argnums=(1, 2))(fast, p_ref, carry, tokens)
+    g_ref = _grad(_loss, (1, 2))(ref, p_ref, carry, tokens)
+    g_fast = _grad(_loss, (1, 2))(fast, p_ref, carry, tokens)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  g_ref, g_fast)
 
@@ -148,11 +162,12 @@ def test_cudnn_layer_packs_the_same_model(monkeypatch):
     kw = dict(vocab_size=13, embed_dim=6, hidden_sizes=(16, 8), dropout_rate=0.25)
     ref, cudnn = model_lib.RecurrentLM(**kw), model_lib.RecurrentLM(**kw, impl='cudnn')
     tokens = jax.random.randint(jax.random.key(3), (4, 12), 0, 13)
-    p = ref.init(jax.random.key(0), ref.init_carry(4), tokens)['params']
-    p_cudnn = cudnn.init(jax.random.key(0), cudnn.init_carry(4), tokens)['params']
+    p = jax.jit(ref.init)(jax.random.key(0), ref.init_carry(4), tokens)['params']
+    p_cudnn = jax.jit(cudnn.init)(jax.random.key(0), cudnn.init_carry(4), tokens)['params']
     jax.tree.map(np.testing.assert_array_equal, p, p_cudnn)  # same parameters and init
     carry = jax.tree.map(lambda x: x + 0.5, ref.init_carry(4))
 
+    @functools.partial(jax.jit, static_argnums=0)
     def loss(m, params, carry):
         carry, logits = m.apply({'params': params}, carry, tokens, train=True,
                                 rngs={'dropout': jax.random.key(7)})
@@ -161,8 +176,8 @@ def test_cudnn_layer_packs_the_same_model(monkeypatch):
     for m in (ref, cudnn):  # dropout is on: the losses differ from a dropout-free run
         assert loss(m, p, carry) != loss(m.clone(dropout_rate=0.0), p, carry)
     np.testing.assert_allclose(loss(cudnn, p, carry), loss(ref, p, carry), rtol=1e-5)
-    g_ref = jax.grad(loss, argnums=(1, 2))(ref, p, carry)
-    g_cudnn = jax.grad(loss, argnums=(1, 2))(cudnn, p, carry)
+    g_ref = _grad(loss, (1, 2))(ref, p, carry)
+    g_cudnn = _grad(loss, (1, 2))(cudnn, p, carry)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  g_ref, g_cudnn)
 
@@ -217,13 +232,13 @@ def test_bfloat16_matmuls_keep_float32_state():
     m = model_lib.RecurrentLM(vocab_size=13, embed_dim=6, hidden_sizes=(16,), dtype=jnp.bfloat16)
     params, tokens = _init(m)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-    carry, logits = m.apply({'params': params}, m.init_carry(3), tokens)
+    carry, logits = _apply(m, {'params': params}, m.init_carry(3), tokens)
     assert logits.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(carry))
     ref = model_lib.RecurrentLM(vocab_size=13, embed_dim=6, hidden_sizes=(16,))
-    _, ref_logits = ref.apply({'params': params}, m.init_carry(3), tokens)
+    _, ref_logits = _apply(ref, {'params': params}, m.init_carry(3), tokens)
     np.testing.assert_allclose(logits, ref_logits, atol=0.05)
-    grads = jax.grad(_loss, argnums=1)(m, params, m.init_carry(3), tokens)
+    grads = _grad(_loss, 1)(m, params, m.init_carry(3), tokens)
     assert all(x.dtype == jnp.float32 and np.isfinite(x).all() for x in jax.tree.leaves(grads))
 
 
@@ -249,7 +264,7 @@ def test_dropout_masks_are_bernoulli_and_fresh_per_key():
 
 
 def _train_apply(m, params, tokens, key=7, **kw):
-    return m.apply({'params': params}, m.init_carry(tokens.shape[0]), tokens, train=True,
+    return _apply(m, {'params': params}, m.init_carry(tokens.shape[0]), tokens, train=True,
                    rngs={'dropout': jax.random.key(key)}, **kw)
 
 
@@ -272,10 +287,11 @@ def test_weight_drop_masks_w_h_once_per_step_and_only_in_training(impl):
     _, c = _train_apply(m, params, tokens, key=8)
     np.testing.assert_array_equal(a, b)  # the mask is the step's key's
     assert not np.allclose(a, c) and not np.allclose(a, _train_apply(plain, params, tokens)[1])
-    np.testing.assert_array_equal(m.apply({'params': params}, m.init_carry(3), tokens)[1],
-                                  plain.apply({'params': params}, plain.init_carry(3), tokens)[1])
+    np.testing.assert_array_equal(_apply(m, {'params': params}, m.init_carry(3), tokens)[1],
+                                  _apply(plain, {'params': params}, plain.init_carry(3),
+                                         tokens)[1])
     if impl == 'hoisted':  # one dropped W_h for all time steps: the plain layer on it agrees
-        _, state = _train_apply(m, params, tokens, mutable=['intermediates'])
+        _, state = _train_apply(m, params, tokens, mutable=('intermediates',))
         dropped = jax.tree.map(lambda x: x, params)
         for layer in ('lstm_0', 'lstm_1'):
             w = state['intermediates'][layer]['dropped_w_h'][0]
@@ -295,10 +311,10 @@ def test_embed_dropout_drops_whole_token_types():
     params, tokens = _init(m, length=40)  # 120 tokens: the folded first layer, too
     assert not np.allclose(_train_apply(m, params, tokens)[1],
                            _train_apply(model_lib.RecurrentLM(**kw), params, tokens)[1])
-    eval_m = m.apply({'params': params}, m.init_carry(3), tokens)[1]
+    eval_m = _apply(m, {'params': params}, m.init_carry(3), tokens)[1]
     plain = model_lib.RecurrentLM(**kw)
-    np.testing.assert_array_equal(eval_m, plain.apply({'params': params}, plain.init_carry(3),
-                                                      tokens)[1])
+    np.testing.assert_array_equal(eval_m, _apply(plain, {'params': params}, plain.init_carry(3),
+                                                 tokens)[1])
 
 
 def test_tied_embeddings_share_the_matrix():
@@ -307,11 +323,11 @@ def test_tied_embeddings_share_the_matrix():
     params, tokens = _init(m)
     assert 'head' not in params and params['head_bias'].shape == (11,)
     unused = sorted(set(range(11)) - set(np.asarray(tokens[:, :-1]).ravel()))[0]
-    grads = jax.grad(_loss, argnums=1)(m, params, m.init_carry(3), tokens)
+    grads = _grad(_loss, 1)(m, params, m.init_carry(3), tokens)
     assert np.abs(grads['embed']['embedding'][unused]).sum() > 0  # reached through the head
     stepper = model_lib.stepper(m, params)
     state, logits = stepper.step(stepper.start(m.init_carry(3)), tokens[:, 0])
-    np.testing.assert_allclose(logits, m.apply({'params': params}, m.init_carry(3),
-                                               tokens[:, :1])[1][:, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, _apply(m, {'params': params}, m.init_carry(3),
+                                              tokens[:, :1])[1][:, 0], rtol=1e-5, atol=1e-5)
     with pytest.raises(CharLMError, match='tie_embeddings needs embed_dim equal'):
         model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=(8,), tie_embeddings=True)

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SHAKESPEARE_LIKE
+from conftest import FAST_COMPILE, SHAKESPEARE_LIKE, cli_env
 
 from charlm import checkpointing, train
 
@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def launch(*args, timeout=300) -> subprocess.CompletedProcess:
     """launch/local_multiprocess.sh ARGS; on a timeout the whole job is killed, not the
     launcher alone (a hung process would otherwise outlive the test)."""
-    env = dict(os.environ, PORT=str(random.randint(20000, 40000)))
+    env = dict(os.environ, PORT=str(random.randint(20000, 40000)), XLA_FLAGS=FAST_COMPILE)
     proc = subprocess.Popen(['bash', 'launch/local_multiprocess.sh', *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -42,7 +42,8 @@ def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
     # back used to deadlock the two processes in the first evaluation.
     corpus = tmp_path / 'long.txt'
     corpus.write_text(SHAKESPEARE_LIKE * 1100, encoding='utf-8')
-    overrides = {'data.path': str(corpus), 'data.val_fraction': 0.2, 'eval_batch_size': 4}
+    overrides = {'data.path': str(corpus), 'data.val_fraction': 0.2, 'eval_batch_size': 4,
+                 'eval_every_steps': 20, 'sample.length': 0}  # one evaluation, at the end
     for key, value in overrides.items():
         section, _, field = key.rpartition('.')
         (tiny_config[section] if section else tiny_config)[field] = value
@@ -73,7 +74,7 @@ def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
         [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py', f'--workdir={workdir}',
          *[f'--config.{k}={v}' for k, v in overrides.items()], '--config.num_train_steps=25'],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+        env=cli_env(1))
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert 'Resuming from' in resume.stderr and 'step 25/25' in resume.stderr
 
@@ -90,7 +91,8 @@ def test_unreachable_coordinator_fails_in_bounded_time(tmp_path):
 
 def test_a_job_holds_its_workdir_once_and_a_second_job_is_refused(corpus_file, tmp_path):
     workdir = tmp_path / 'mp'
-    env = dict(os.environ, PORT=str(random.randint(20000, 40000)), PYTHONUNBUFFERED='1')
+    env = dict(os.environ, PORT=str(random.randint(20000, 40000)), PYTHONUNBUFFERED='1',
+               XLA_FLAGS=FAST_COMPILE)
     first = subprocess.Popen(
         ['bash', 'launch/local_multiprocess.sh', '2', '1', '--config=configs/tiny.py',
          f'--workdir={workdir}', f'--config.data.path={corpus_file}',

@@ -2,17 +2,17 @@
 
 import hashlib
 import io
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import pytest
+from conftest import run_cli
 
 from charlm import checkpointing, sample, sampler, tokenizers, train
 from configs import tiny
+
+pytestmark = pytest.mark.xdist_group('sample_cli')  # its module-scoped fixture: one worker
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEXT = ('ROMEO:\nBut soft, what light through yonder window breaks?\n\n'
@@ -20,10 +20,7 @@ TEXT = ('ROMEO:\nBut soft, what light through yonder window breaks?\n\n'
 
 
 def run(*args, devices=1, timeout=300):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
-    return subprocess.run([sys.executable, '-m', 'charlm.sample', *args], cwd=ROOT, env=env,
-                          text=True, capture_output=True, timeout=timeout)
+    return run_cli('charlm.sample', *args, devices=devices, timeout=timeout)
 
 
 def assert_one_line_error(proc, match):

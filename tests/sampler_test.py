@@ -10,6 +10,8 @@ from charlm import model as model_lib
 from charlm import sampler, tokenizers
 from charlm.errors import CharLMError
 
+pytestmark = pytest.mark.xdist_group('sampler')  # its module-scoped fixture: one worker
+
 V = 13
 
 

@@ -201,7 +201,8 @@ SECOND_CTRL_C = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
 from configs import tiny
-from charlm import train
+from charlm import cli, train
+cli.compilation_cache()  # the tests' cache (CHARLM_COMPILATION_CACHE), as the commands do
 real = train.evaluate
 
 def evaluate(*args, **kwargs):  # Ctrl-C, and again 0.2 s later, in the middle of an eval
