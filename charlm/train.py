@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import time
+import types
 from typing import Any
 
 import jax
@@ -98,23 +99,49 @@ def make_schedule(config: ml_collections.ConfigDict, xp=jnp) -> optax.Schedule:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    schedule = make_schedule(config)
-    if config.optimizer == 'adam':
+    """Global-norm clipping, then Adam (or AdamW) on the warmup-cosine schedule.
+
+    Equal settings give the same object: the optimizer is a static part of the TrainState
+    pytree, so a second run in one process (a notebook, a sweep, the tests) reuses the
+    compiled steps. A new one per run made every run compile two more train programs and
+    keep them: a process died (LLVM out of memory maps, then a segfault) after about 80 runs.
+    """
+    return _optimizer(config.optimizer, float(config.get('weight_decay', 0.0)),
+                      float(config.grad_clip_norm), float(config.learning_rate),
+                      float(config.end_lr_fraction), int(config.warmup_steps),
+                      int(config.num_train_steps))
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(name, weight_decay, clip_norm, learning_rate, end_lr_fraction, warmup_steps,
+               num_train_steps) -> optax.GradientTransformation:
+    schedule = make_schedule(types.SimpleNamespace(
+        learning_rate=learning_rate, end_lr_fraction=end_lr_fraction,
+        warmup_steps=warmup_steps, num_train_steps=num_train_steps))
+    if name == 'adam':
         opt = optax.adam(schedule)
-    elif config.optimizer == 'adamw':
-        opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+    elif name == 'adamw':
+        opt = optax.adamw(schedule, weight_decay=weight_decay)
     else:
-        raise CharLMError(f"unknown optimizer {config.optimizer!r}: use 'adam' or 'adamw'")
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+        raise CharLMError(f"unknown optimizer {name!r}: use 'adam' or 'adamw'")
+    return optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(model, key):
+    return model.init(key, model.init_carry(1), jnp.zeros((1, 1), jnp.int32))['params']
 
 
 def create_state(model: model_lib.RecurrentLM, tx: optax.GradientTransformation,
                  key: jax.Array, carry_batch: int = 0) -> TrainState:
-    """A fresh state; `carry_batch` > 0 adds a zero carry for that many streams (stateful)."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    params = jax.jit(model.init)(key, model.init_carry(1), tokens)['params']
+    """A fresh state; `carry_batch` > 0 adds a zero carry for that many streams (stateful).
+
+    apply_fn is None (the steps take the model as an argument): a bound method of each run's
+    model would make every run's state a different pytree, and compile the steps again.
+    """
+    params = _init_params(model, key)
     carry = jax.device_get(model.init_carry(carry_batch)) if carry_batch else ()
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, carry=carry)
+    return TrainState.create(apply_fn=None, params=params, tx=tx, carry=carry)
 
 
 def to_devices(state: TrainState, layout: data.Layout) -> TrainState:
