@@ -18,7 +18,11 @@ class MetricWriter:
         self._writer = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
-            self._writer = SummaryWriter(logdir, flush_secs=30, purge_step=purge_step)
+            # tensorboardX names a file by the second it was opened and the host: a run
+            # resumed within the same second truncated the earlier run's file. The
+            # nanoseconds keep every writer's file apart, and in order.
+            self._writer = SummaryWriter(logdir, flush_secs=30, purge_step=purge_step,
+                                         filename_suffix=f'.{time.time_ns():020d}')
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer:

@@ -183,6 +183,19 @@ def test_disk_filling_up_mid_run(tiny_config, small_disk, monkeypatch, precheck)
     assert train.train_and_evaluate(tiny_config, str(run))['step'] == 30
 
 
+def test_two_writers_in_one_second_keep_both_files(tmp_path, monkeypatch):
+    """tensorboardX names event files by the second: a run resumed within the second of the
+    stopped one's writer (in-process, once nothing recompiles) truncated its file."""
+    import time as time_module
+    monkeypatch.setattr(time_module, 'time', lambda: 1_700_000_000.25)  # one second for all
+    for step in (1, 2, 3):
+        writer = metric_writer.MetricWriter(str(tmp_path), enabled=True)
+        writer.scalars(step, {'x': float(step)})
+        writer.close()
+    assert len(list(tmp_path.glob('events.out.tfevents.*'))) == 3
+    assert metric_writer.read_scalars(str(tmp_path))['x'] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
 def test_resumed_run_replaces_the_killed_runs_events(tiny_config, tmp_path):
     run = tmp_path / 'run'
     tiny_config.log_every_steps = 1
