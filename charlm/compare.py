@@ -101,7 +101,7 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
     """Trains one variant (resuming if its workdir holds a checkpoint) and reads its row."""
     resumed = checkpointing.has_checkpoint(str(workdir))
     t0 = time.perf_counter()
-    train.train_and_evaluate(config, str(workdir))
+    result = train.train_and_evaluate(config, str(workdir))
     wall = time.perf_counter() - t0
     vocab = runs.find(str(workdir)).tokenizer.vocab_size
     scalars = metric_writer.read_scalars(str(workdir))
@@ -116,6 +116,10 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
         'parameters': count_parameters(config, vocab),
         'train_loss': _last(scalars, 'train/loss', n), 'val_loss': _last(scalars, 'val/loss', n),
         'val_bits_per_char': _last(scalars, 'val/bits_per_char', n),
+        # The best evaluation (the checkpoint kept in best/): where early stopping or
+        # overfitting makes the last one worse, this is the variant's result.
+        'best_val_loss': result['best_val_loss'], 'best_step': result['best_step'],
+        'last_step': result['step'],
         f'{unit}_per_second': rate, 'wall_seconds': wall, 'resumed': resumed,
     }
 
@@ -129,17 +133,20 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
         f'{config.num_train_steps} steps of {config.batch_size} x {config.data.seq_len} tokens, '
         f'embed {m.embed_dim}, hidden {"x".join(map(str, sizes))} unless a variant says '
         f'otherwise, on {jax.device_count()} {jax.devices()[0].platform} device(s).', '',
-        f'| variant | cell | hidden | parameters | train loss | val loss | val bits/char | '
-        f'{unit}/s | wall time |',
-        '|---|---|---|---:|---:|---:|---:|---:|---:|',
+        f'| variant | cell | hidden | parameters | steps | train loss | val loss | '
+        f'val bits/char | best val loss (step) | {unit}/s | wall time |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for r in rows:
         wall = metric_writer.duration(r['wall_seconds']) + (' (resumed)' if r['resumed'] else '')
         lines.append(f'| {r["variant"]} | {r["cell"]} | {"x".join(map(str, r["hidden_sizes"]))} '
-                     f'| {r["parameters"]:,} | {r["train_loss"]:.4f} | '
+                     f'| {r["parameters"]:,} | {r["last_step"]:,} | {r["train_loss"]:.4f} | '
                      f'{r["val_loss"]:.4f} | {r["val_bits_per_char"]:.4f} | '
+                     f'{r["best_val_loss"]:.4f} ({r["best_step"]:,}) | '
                      f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
-    lines += ['', 'Losses are nats per token at the last step; wall time includes compilation.']
+    lines += ['', 'Losses are nats per token at the last step trained (fewer than the budget '
+              'where early stopping ended a variant); the best val loss is the best '
+              'evaluation, the checkpoint in best/. Wall time includes compilation.']
     return '\n'.join(lines) + '\n'
 
 

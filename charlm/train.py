@@ -500,6 +500,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 layout)
 
     stop_reason = None
+    patience = config.early_stopping_patience
+    if patience and meta['evals_since_best'] >= patience and step < config.num_train_steps:
+        # Stopped early before: the same command again (a re-queued job, a rerun
+        # comparison) keeps it stopped; a larger patience trains on.
+        stop_reason = (f'early stopping: already stopped at step {step} after '
+                       f'{meta["evals_since_best"]} evals without improvement; best val loss '
+                       f'{meta["best_val_loss"]:.4f} at step {meta["best_step"]} (raise '
+                       'config.early_stopping_patience to train on)')
     try:  # pending saves finish and orbax closes even on an error (divergence)
         with preemption.StopRequest(workdir) as stop:
             while step < config.num_train_steps and not stop_reason:

@@ -32,10 +32,15 @@ def test_rnn_and_gru_train_and_are_compared(tiny_config, tmp_path):
         val = metric_writer.read_scalars(str(out / r['cell']))['val/loss']
         assert [s for s, _ in val] == [3, 6]
         assert val[-1][1] < val[0][1], r['cell']  # it learns
+        best_val, best_step = min((v, s) for s, v in val)
+        assert r['best_step'] == best_step
+        assert r['best_val_loss'] == pytest.approx(best_val, rel=1e-6)
+        assert r['last_step'] == 6
     # Same sizes: the GRU has three weight sets for the simple RNN's one.
     assert rows[1]['parameters'] > rows[0]['parameters']
     table = (out / 'compare.md').read_text()
     assert '| rnn |' in table and '| gru |' in table and 'chars/s' in table
+    assert f'| {rows[1]["best_val_loss"]:.4f} (6) |' in table  # best val and its step
     assert json.loads((out / 'compare.json').read_text()) == json.loads(json.dumps(rows))
     png = (out / 'curves.png').read_bytes()
     assert png[:4] == b'\x89PNG' and len(png) > 20_000

@@ -158,6 +158,14 @@ def test_early_stopping(tiny_config, tmp_path):
     out = train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
     assert out['step'] == 6 and 'early stopping' in out['stop_reason']
     assert out['best_step'] == 2
+    # The same command again (a re-queued job, a rerun comparison) stays stopped...
+    again = train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    assert again['step'] == 6 and 'already stopped at step 6' in again['stop_reason']
+    assert checkpointing.Checkpoints(str(tmp_path / 'run'), create=False).latest_step() == 6
+    # ...and a larger patience trains on, to the next eval without improvement.
+    tiny_config.early_stopping_patience = 3
+    more = train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    assert more['step'] == 8 and more['best_step'] == 2
 
 
 def test_divergence_is_a_clear_error(tiny_config, tmp_path):
