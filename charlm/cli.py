@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable
 from absl import flags, logging
 from ml_collections import ConfigDict
 
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, Stopped
 
 
 def _one_line(e: BaseException) -> str:
@@ -177,7 +177,8 @@ def command(main=None, *, positional: bool = False):
 
     Before: tunes glibc's malloc (`host_allocator`), keeps orbax's INFO lines off the
     console (`quiet_libraries`) and turns on JAX's compile cache (`compilation_cache`).
-    Around: a CharLMError becomes `charlm: error: ...` and exit code 2. Commands take
+    Around: a CharLMError becomes `charlm: error: ...` and exit code 2; a run a signal
+    stopped (errors.Stopped, its checkpoint saved) exits 0. Commands take
     flags only, unless `positional=True` (then main reads argv[1:]).
     """
     if main is None:
@@ -195,6 +196,9 @@ def command(main=None, *, positional: bool = False):
         except CharLMError as e:
             logging.flush()
             fail(str(e))
+        except Stopped:  # a signal ended training after its checkpoint (logged): exit 0
+            logging.flush()
+            return None
     return wrapped
 
 

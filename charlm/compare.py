@@ -33,7 +33,7 @@ from ml_collections import config_flags
 from charlm import checkpointing, cli, metric_writer, plot, runs, train
 from charlm import model as model_lib
 from charlm import workdir as workdir_lib
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, Stopped
 
 
 def count_parameters(config: ml_collections.ConfigDict, vocab_size: int) -> int:
@@ -177,7 +177,14 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
     for name, c in configs.items():
         logging.info('compare: training %s for %d steps in %s', name, c.num_train_steps,
                      out_dir / name)
-        rows.append(run_variant(c, name, out_dir / name))
+        try:
+            rows.append(run_variant(c, name, out_dir / name))
+        except Stopped:  # a signal ends the comparison, not only this variant
+            later = list(configs)[len(rows) + 1:]
+            logging.info('compare: stopped in variant %s%s; run the same command to resume '
+                         'the comparison', name,
+                         f' (before {", ".join(later)})' if later else '')
+            raise
     config = variant_config(config, {}, steps)
     table = markdown(rows, config)
     (out_dir / 'compare.md').write_text(table, encoding='utf-8')

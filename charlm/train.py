@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from charlm import checkpointing, data, metric_writer, preemption, tokenizers
 from charlm import model as model_lib
 from charlm import workdir as workdir_lib
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, Stopped
 
 LN2 = math.log(2.0)
 
@@ -337,7 +337,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Trains (resuming from WORKDIR if it holds a checkpoint) and returns final metrics.
 
     `stop_at` ends this call after that step with a checkpoint, as a preemption would;
-    calling again resumes exactly (a notebook can train in pieces).
+    calling again resumes exactly (a notebook can train in pieces). A SIGTERM or Ctrl-C
+    also ends it with a checkpoint, then raises `errors.Stopped`, so the caller stops too
+    (the commands exit 0; a loop over runs does not start the next one).
     """
     check_config(config)
     path, hold = workdir_lib.hold_for_job(workdir)
@@ -499,7 +501,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         return data.train_batch(corpus.tokens['train'], config.data.seq_len, step, config.seed,
                                 layout)
 
-    stop_reason = None
+    stop_reason, signalled = None, False
     patience = config.early_stopping_patience
     if patience and meta['evals_since_best'] >= patience and step < config.num_train_steps:
         # Stopped early before: the same command again (a re-queued job, a rerun
@@ -530,6 +532,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     # this is a point where they can agree to stop.
                     stopping = stopping or stop.agreed(True)
                 if stopping:
+                    # A signal (here or on another process), not the caller's stop_at.
+                    signalled = stop.signal is not None or not (stop_at is not None
+                                                                and step >= stop_at)
                     why = stop.signal or (f'stop_at={stop_at}' if step == stop_at
                                           else 'a signal to another process')
                     stop_reason = (f'stopped by {why} at step {step}; checkpoint saved: run '
@@ -547,6 +552,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info('%s', stop_reason)
     last.update(best_val_loss=meta['best_val_loss'], best_step=meta['best_step'],
                 stop_reason=stop_reason)
+    if signalled:
+        raise Stopped(stop_reason, last)
     return last
 
 

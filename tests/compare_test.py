@@ -5,13 +5,15 @@ This is also the test that GRU and RNN models train on the tiny config.
 
 import json
 import math
+import os
 import pathlib
+import signal
 
 import pytest
 from conftest import run_cli
 
-from charlm import compare, evaluate, metric_writer, train
-from charlm.errors import CharLMError
+from charlm import checkpointing, compare, evaluate, metric_writer, train
+from charlm.errors import CharLMError, Stopped
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -81,6 +83,32 @@ def test_two_sizes_train_as_variants(tiny_config, tmp_path):
                                                                  ('wide', [24, 24])]
     assert rows[1]['parameters'] > rows[0]['parameters']
     assert '| narrow | lstm | 8x8 |' in (tmp_path / 'compare.md').read_text()
+
+
+def test_a_signal_ends_the_comparison_and_the_same_call_resumes(tiny_config, tmp_path,
+                                                               monkeypatch):
+    """A SIGTERM (preemption) or Ctrl-C in the first variant saves its checkpoint and ends
+    the whole comparison: the next variant does not start training in its place."""
+    tiny_config.sample.prompts = ()
+    tiny_config.num_train_steps, tiny_config.eval_every_steps = 4, 2
+    variants = {'narrow': {'model.hidden_size': 8}, 'wide': {'model.hidden_size': 24}}
+    real_batch = train.data.train_batch
+
+    def preempted_at_step_3(tokens, seq_len, step, seed, layout):
+        if step == 2:  # arrives while step 3 trains
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_batch(tokens, seq_len, step, seed, layout)
+
+    monkeypatch.setattr(train.data, 'train_batch', preempted_at_step_3)
+    with pytest.raises(Stopped, match='stopped by SIGTERM at step 3') as stopped:
+        compare.compare(tiny_config, variants, str(tmp_path))
+    assert stopped.value.result['step'] == 3
+    assert checkpointing.Checkpoints(str(tmp_path / 'narrow'), create=False).latest_step() == 3
+    assert not (tmp_path / 'wide').exists() and not (tmp_path / 'compare.md').exists()
+    monkeypatch.setattr(train.data, 'train_batch', real_batch)
+    rows = compare.compare(tiny_config, variants, str(tmp_path))
+    assert [(r['variant'], r['last_step'], r['resumed']) for r in rows] == [
+        ('narrow', 4, True), ('wide', 4, False)]
 
 
 def test_bad_cells_in_process(tiny_config, tmp_path):

@@ -62,7 +62,7 @@ SIGTERM_IN_EVAL = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from configs import tiny
-from charlm import cli, train
+from charlm import cli, errors, train
 cli.compilation_cache()  # the tests' cache (CHARLM_COMPILATION_CACHE), as the commands do
 real = train.evaluate
 
@@ -75,7 +75,10 @@ train.evaluate = evaluate
 c = tiny.get_config()
 c.data.path, c.num_train_steps = {corpus!r}, 1000
 c.eval_every_steps, c.checkpoint_every_steps = 20, 1000
-print(train.train_and_evaluate(c, {workdir!r})['stop_reason'])
+try:
+    train.train_and_evaluate(c, {workdir!r})
+except errors.Stopped as e:  # the signal ends the caller too, after the checkpoint
+    print(e, e.result['step'])
 """
 
 

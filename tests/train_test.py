@@ -267,8 +267,12 @@ def test_stateful_training_carries_state_and_resumes_exactly(tiny_config, tmp_pa
     tiny_config.data.stateful = True
     tiny_config.model.dropout_rate = 0.1
     straight = train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
-    train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=stop_at)
+    first = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=stop_at)
     pieces = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'))
+    # Each ran as asked: a SIGTERM to the test process (a `timeout` around the suite) once
+    # stopped the resumed run at step 11 and this test saw only its loss, 3.5323.
+    assert (first['step'], pieces['step'], straight['step']) == (stop_at, 20, 20)
+    assert straight['stop_reason'] is None and pieces['stop_reason'] is None
     assert pieces['train_loss'] == straight['train_loss']
     assert pieces['val_loss'] == straight['val_loss']
     # Every scheduled log of the resumed run equals the uninterrupted run's; the stopped
