@@ -488,10 +488,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             save(best=True)
             return None
         meta['evals_since_best'] += 1
+        return early_stopping()
+
+    def early_stopping() -> str | None:
         patience = config.early_stopping_patience
         if patience and meta['evals_since_best'] >= patience:
-            return (f'early stopping: no improvement in {patience} evals; best val loss '
-                    f'{meta["best_val_loss"]:.4f} at step {meta["best_step"]}')
+            return (f'early stopping: no improvement in {meta["evals_since_best"]} evals; best '
+                    f'val loss {meta["best_val_loss"]:.4f} at step {meta["best_step"]}')
         return None
 
     def batch_for(step: int) -> dict:
@@ -501,14 +504,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         return data.train_batch(corpus.tokens['train'], config.data.seq_len, step, config.seed,
                                 layout)
 
-    stop_reason, signalled = None, False
-    patience = config.early_stopping_patience
-    if patience and meta['evals_since_best'] >= patience and step < config.num_train_steps:
-        # Stopped early before: the same command again (a re-queued job, a rerun
-        # comparison) keeps it stopped; a larger patience trains on.
-        stop_reason = (f'early stopping: already stopped at step {step} after '
-                       f'{meta["evals_since_best"]} evals without improvement; best val loss '
-                       f'{meta["best_val_loss"]:.4f} at step {meta["best_step"]} (raise '
+    signalled = False
+    # Stopped early before: the same command again (a re-queued job, a rerun comparison)
+    # keeps it stopped; a larger patience trains on.
+    stop_reason = early_stopping() if step < config.num_train_steps else None
+    if stop_reason:
+        stop_reason = (f'already stopped at step {step} by {stop_reason} (raise '
                        'config.early_stopping_patience to train on)')
     try:  # pending saves finish and orbax closes even on an error (divergence)
         with preemption.StopRequest(workdir) as stop:
@@ -532,11 +533,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     # this is a point where they can agree to stop.
                     stopping = stopping or stop.agreed(True)
                 if stopping:
-                    # A signal (here or on another process), not the caller's stop_at.
-                    signalled = stop.signal is not None or not (stop_at is not None
-                                                                and step >= stop_at)
-                    why = stop.signal or (f'stop_at={stop_at}' if step == stop_at
-                                          else 'a signal to another process')
+                    # A signal (here or on another process) or the caller's stop_at.
+                    signalled = stop.signal is not None or stop_at is None or step < stop_at
+                    why = stop.signal or ('a signal to another process' if signalled
+                                          else f'stop_at={stop_at}')
                     stop_reason = (f'stopped by {why} at step {step}; checkpoint saved: run '
                                    'the same command to resume')
                 if do_save or stop_reason:

@@ -160,7 +160,8 @@ def test_early_stopping(tiny_config, tmp_path):
     assert out['best_step'] == 2
     # The same command again (a re-queued job, a rerun comparison) stays stopped...
     again = train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
-    assert again['step'] == 6 and 'already stopped at step 6' in again['stop_reason']
+    assert again['step'] == 6
+    assert 'already stopped at step 6 by early stopping' in again['stop_reason']
     assert checkpointing.Checkpoints(str(tmp_path / 'run'), create=False).latest_step() == 6
     # ...and a larger patience trains on, to the next eval without improvement.
     tiny_config.early_stopping_patience = 3
