@@ -20,7 +20,7 @@ pids=()
 for ((i = 0; i < n; i++)); do
   XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
     python -u -m charlm.main --coordinator_address="localhost:$port" --num_processes="$n" \
-    --process_id="$i" "$@" > >(sed -u "s/^/[$i] /") 2>&1 &
+    --process_id="$i" "$@" > >(trap "" INT TERM; exec sed -u "s/^/[$i] /") 2>&1 &
   pids+=($!)
 done
 # A signal to the launcher goes to every process (they checkpoint and exit 0); the
