@@ -28,7 +28,7 @@ ended at step 2800 after 23 min 19 s of wall time for the whole process (compile
 evals included), peak RSS 2.6 GB. An earlier run of the same config on a slow day of this
 machine (3,400 chars/s) took 86.8 min: on this CPU the wall time varies ~3.5x across days.
 
-Ablation (2026-12-02, seed 0, this config with one change each, same data order and schedule;
+Ablation (2026-12-02, seed 0 unless named, this config with one change each, same schedule;
 `charlm.compare`, command in README.md): best windowed-100 val nats/char (its step)
   this config (dropout 0.4 + weight_drop 0.1)     1.4588 (2750)
   dropout_rate=0 (weight_drop only)              1.4747 (2250; overfits, train 1.12)  +0.0159
