@@ -172,23 +172,25 @@ def check_output(path: str, suffixes: Collection[str] | None = None, flag: str =
     return p
 
 
-def command(main=None, *, positional: bool = False):
+def command(main=None, *, positional: bool = False, jax: bool = True):
     """Makes an absl main a charlm command: what every command does before and around it.
 
     Before: tunes glibc's malloc (`host_allocator`), keeps orbax's INFO lines off the
     console (`quiet_libraries`) and turns on JAX's compile cache (`compilation_cache`).
     Around: a CharLMError becomes `charlm: error: ...` and exit code 2; a run a signal
     stopped (errors.Stopped, its checkpoint saved) exits 0. Commands take
-    flags only, unless `positional=True` (then main reads argv[1:]).
+    flags only, unless `positional=True` (then main reads argv[1:]). `jax=False`: a command
+    that never uses JAX does not import it (a second of start-up).
     """
     if main is None:
-        return functools.partial(command, positional=positional)
+        return functools.partial(command, positional=positional, jax=jax)
 
     @functools.wraps(main)
     def wrapped(argv):
         host_allocator()
         quiet_libraries()
-        compilation_cache()
+        if jax:
+            compilation_cache()
         if len(argv) > 1 and not positional:
             fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are written --name=value)')
         try:

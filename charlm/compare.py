@@ -30,7 +30,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from charlm import checkpointing, cli, metric_writer, plot, runs, train
+from charlm import checkpointing, cli, metric_writer, plot, runs, tokenizers, train
 from charlm import model as model_lib
 from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError, Stopped
@@ -106,7 +106,7 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
     vocab = runs.find(str(workdir)).tokenizer.vocab_size
     scalars = metric_writer.read_scalars(str(workdir))
     n = config.num_train_steps
-    unit = 'chars' if config.data.tokenizer == 'char' else 'tokens'
+    unit, per = _units(config)
     # The first logged rate includes compilation; the median of the rest is the speed.
     rates = [v for s, v in scalars.get(f'train/{unit}_per_second', []) if s <= n]
     rate = statistics.median(rates[1:] if len(rates) > 1 else rates) if rates else float('nan')
@@ -115,7 +115,7 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
         'hidden_sizes': list(train.layer_sizes(config)),
         'parameters': count_parameters(config, vocab),
         'train_loss': _last(scalars, 'train/loss', n), 'val_loss': _last(scalars, 'val/loss', n),
-        'val_bits_per_char': _last(scalars, 'val/bits_per_char', n),
+        f'val_bits_per_{per}': _last(scalars, f'val/bits_per_{per}', n),
         # The best evaluation (the checkpoint kept in best/): where early stopping or
         # overfitting makes the last one worse, this is the variant's result.
         'best_val_loss': result['best_val_loss'], 'best_step': result['best_step'],
@@ -124,8 +124,14 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
     }
 
 
+def _units(config) -> tuple[str, str]:
+    """Training's throughput unit ('chars', 'bytes', 'tokens') and what bits/X counts."""
+    kind = config.data.tokenizer
+    return tokenizers.plural_unit(kind), tokenizers.text_unit(kind)
+
+
 def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> str:
-    unit = 'chars' if config.data.tokenizer == 'char' else 'tokens'
+    unit, per = _units(config)
     m = config.model
     sizes = train.layer_sizes(config)
     lines = [
@@ -134,14 +140,14 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
         f'embed {m.embed_dim}, hidden {"x".join(map(str, sizes))} unless a variant says '
         f'otherwise, on {jax.device_count()} {jax.devices()[0].platform} device(s).', '',
         f'| variant | cell | hidden | parameters | steps | train loss | val loss | '
-        f'val bits/char | best val loss (step) | {unit}/s | wall time |',
+        f'val bits/{per} | best val loss (step) | {unit}/s | wall time |',
         '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for r in rows:
         wall = metric_writer.duration(r['wall_seconds']) + (' (resumed)' if r['resumed'] else '')
         lines.append(f'| {r["variant"]} | {r["cell"]} | {"x".join(map(str, r["hidden_sizes"]))} '
                      f'| {r["parameters"]:,} | {r["last_step"]:,} | {r["train_loss"]:.4f} | '
-                     f'{r["val_loss"]:.4f} | {r["val_bits_per_char"]:.4f} | '
+                     f'{r["val_loss"]:.4f} | {r[f"val_bits_per_{per}"]:.4f} | '
                      f'{r["best_val_loss"]:.4f} ({r["best_step"]:,}) | '
                      f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
     lines += ['', 'Losses are nats per token at the last step trained (fewer than the budget '

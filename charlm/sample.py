@@ -21,7 +21,7 @@ from typing import TextIO
 import jax
 from absl import app, flags, logging
 
-from charlm import cli, runs, sampler
+from charlm import cli, runs, sampler, tokenizers
 from charlm.errors import CharLMError
 
 FLAGS = flags.FLAGS
@@ -95,7 +95,7 @@ def run(workdir: str, prompt: str = '', length: int = 500,
     params = saved.params(device_put=True)  # the slow part, after every check that needs no arrays
     devices = jax.devices()
     logging.info('sampling %d x %d %s from %s on %s (%d device%s here)', len(temps) * num_samples,
-                 length, 'chars' if tokenizer.kind == 'char' else 'tokens', saved.describe(),
+                 length, tokenizers.plural_unit(tokenizer.kind), saved.describe(),
                  devices[0].device_kind, len(devices), '' if len(devices) == 1 else 's')
     per_k = len(temps) * num_samples
     count = per_k * len(top_ks)

@@ -257,7 +257,7 @@ def encode_prompt(tokenizer, prompt: str, start: str = '\n', warn: bool = False)
 def decode_continuation(tokenizer, context_ids, ids) -> str:
     """Text of `ids` as it continues `context_ids` (so word spacing is right at the joint)."""
     context = np.asarray(context_ids, dtype=np.int32).reshape(-1)[-1:]
-    if tokenizer.kind == 'char' or context.size == 0:
+    if tokenizer.kind != 'word' or context.size == 0:  # bytes: U+FFFD where a sequence is cut
         return tokenizer.decode(ids)
     head = tokenizer.decode(context)
     return tokenizer.decode(np.concatenate([context, np.asarray(ids, np.int32)]))[len(head):]

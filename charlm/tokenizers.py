@@ -1,4 +1,4 @@
-"""Tokenizers: text <-> int32 token ids, with one interface for chars and words.
+"""Tokenizers: text <-> int32 token ids, with one interface for chars, bytes and words.
 
 Every tokenizer has `encode(text) -> np.ndarray[int32]`, `decode(ids) -> str`,
 `vocab_size`, `to_json() -> dict` and `from_json(dict)`; the JSON is saved beside
@@ -103,7 +103,13 @@ class WordTokenizer:
     def from_text(
         cls, text: str, max_vocab: int = 0, min_count: int = 1, lowercase: bool = False
     ) -> WordTokenizer:
-        counts = collections.Counter(cls.split(text, lowercase))
+        return cls.from_counts(collections.Counter(cls.split(text, lowercase)), max_vocab,
+                               min_count, lowercase)
+
+    @classmethod
+    def from_counts(cls, counts: collections.Counter, max_vocab: int = 0, min_count: int = 1,
+                    lowercase: bool = False) -> WordTokenizer:
+        """The vocabulary of words counted elsewhere (a streaming pass over a corpus)."""
         kept = sorted((w for w, n in counts.items() if n >= min_count),
                       key=lambda w: (-counts[w], w))
         if not kept:
@@ -164,12 +170,100 @@ class WordTokenizer:
                 and self.lowercase == other.lowercase)
 
 
-Tokenizer = CharTokenizer | WordTokenizer
+class ByteTokenizer:
+    """Byte values as tokens, no decoding: any file is a corpus (enwik8 is modelled so).
+
+    The vocabulary is the sorted byte values seen (or all 256). Text is encoded as UTF-8;
+    decode() replaces incomplete byte sequences with U+FFFD.
+    """
+
+    kind = 'byte'
+
+    def __init__(self, values: Sequence[int]):
+        self.values = [int(v) for v in values]
+        if not self.values or sorted(set(self.values)) != self.values or not (
+                0 <= self.values[0] and self.values[-1] < 256):
+            raise CharLMError('a byte vocabulary must be sorted, distinct values in 0..255')
+        self.table = np.full(256, -1, dtype=np.int32)
+        self.table[self.values] = np.arange(len(self.values), dtype=np.int32)
+        # What a byte looks like on an axis or in a list: itself if ASCII, else \xNN.
+        self.itos = [chr(v) if v < 128 else f'\\x{v:02x}' for v in self.values]
+
+    @classmethod
+    def from_counts(cls, counts_256: np.ndarray, vocab: str = 'seen') -> ByteTokenizer:
+        if vocab == 'all':
+            return cls(range(256))
+        if vocab != 'seen':
+            raise CharLMError(f"unknown data.byte_vocab {vocab!r}: use 'seen' or 'all'")
+        return cls(np.flatnonzero(counts_256).tolist())
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.values)
+
+    @staticmethod
+    def as_bytes(text: str | bytes) -> np.ndarray:
+        raw = text.encode('utf-8') if isinstance(text, str) else bytes(text)
+        return np.frombuffer(raw, dtype=np.uint8)
+
+    def unknown(self, text: str | bytes) -> list[str]:
+        """Bytes of `text` outside the vocabulary (shown as \\xNN), in order of appearance."""
+        b = self.as_bytes(text)
+        return [f'\\x{v:02x}' for v in dict.fromkeys(b[self.table[b] < 0].tolist())]
+
+    def encode(self, text: str | bytes) -> np.ndarray:
+        missing = self.unknown(text)
+        if missing:
+            raise CharLMError(f'bytes not in the vocabulary: {", ".join(missing[:10])}')
+        return self.table[self.as_bytes(text)]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        values = np.asarray(self.values, dtype=np.uint8)
+        return values[np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids,
+                                 dtype=np.int64)].tobytes()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode('utf-8', errors='replace')
+
+    def to_json(self) -> dict:
+        return {'kind': self.kind, 'vocab': self.values}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByteTokenizer) and self.values == other.values
+
+
+Tokenizer = CharTokenizer | WordTokenizer | ByteTokenizer
+KINDS = ('char', 'byte', 'word')
+
+
+def text_unit(kind: str) -> str:
+    """What a loss 'per character of the text' counts: bytes for a byte model."""
+    return 'byte' if kind == 'byte' else 'char'
+
+
+def token_unit(kind: str) -> str:
+    """One token of this kind, in words: 'char', 'byte' or 'word'."""
+    return kind if kind in KINDS else 'token'
+
+
+def plural_unit(kind: str) -> str:
+    """What throughput counts: 'chars', 'bytes' or (words) 'tokens'."""
+    return {'char': 'chars', 'byte': 'bytes'}.get(kind, 'tokens')
+
+
+def smallest_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids 0..vocab_size-1."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise CharLMError(f'a vocabulary of {vocab_size} tokens does not fit in uint32')
 
 
 def from_json(d: dict) -> Tokenizer:
     if d.get('kind') == 'char':
         return CharTokenizer(d['vocab'])
+    if d.get('kind') == 'byte':
+        return ByteTokenizer(d['vocab'])
     if d.get('kind') == 'word':
         return WordTokenizer(d['vocab'], d.get('lowercase', False))
     raise CharLMError(f'unknown tokenizer kind in checkpoint: {d.get("kind")!r}')
@@ -182,7 +276,9 @@ def build(kind: str, text: str, max_vocab: int = 0, min_count: int = 1,
         return CharTokenizer.from_text(text)
     if kind == 'word':
         return WordTokenizer.from_text(text, max_vocab, min_count, lowercase)
-    raise CharLMError(f"unknown tokenizer {kind!r}: use 'char' or 'word'")
+    if kind == 'byte':
+        return ByteTokenizer.from_counts(np.bincount(ByteTokenizer.as_bytes(text), minlength=256))
+    raise CharLMError(f"unknown tokenizer {kind!r}: use 'char', 'byte' or 'word'")
 
 
 # How whitespace is shown where a reader must see it (plots, axis labels).

@@ -257,19 +257,22 @@ MAX_IN_FLIGHT = 4
 # ------------------------------------------------------------------ evaluation over a split
 
 
-def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Layout,
-             chars: int | None = None, stateful: bool = False) -> dict[str, float]:
+def evaluate(eval_fn, params, tokens, seq_len: int, layout: data.Layout,
+             chars: int | None = None, stateful: bool = False, max_tokens: int = 0,
+             unit: str = 'char') -> dict[str, float]:
     """Exact loss over every target of `tokens`: nats/token, bits/char, perplexity.
 
     stateful=True reads the split as contiguous streams with the carry passed on (how a
-    stateful model is used); otherwise every window starts from a zero state. Every
-    process must call it (its sums are combined once, at the end).
+    stateful model is used); otherwise every window starts from a zero state. `max_tokens`
+    scores a fixed, evenly spread subset of the windows (`data.eval_windows`). `unit`
+    names the bits per character of the text ('byte': bits_per_byte). Every process must
+    call it (its sums are combined once, at the end).
     """
     sums, carry, in_flight = np.zeros(2), None, collections.deque()
     if stateful:
-        batches = data.stateful_eval_batches(tokens, seq_len, layout)
+        batches = data.stateful_eval_batches(tokens, seq_len, layout, max_tokens)
     else:
-        batches = data.eval_batches(tokens, seq_len, layout)
+        batches = data.eval_batches(tokens, seq_len, layout, max_tokens)
     for b in batches:
         out, new_carry = eval_fn(params, b, carry)
         in_flight.append(out)
@@ -281,16 +284,20 @@ def evaluate(eval_fn, params, tokens: np.ndarray, seq_len: int, layout: data.Lay
         sums += _local_sums(in_flight.popleft())
     if jax.process_count() > 1:
         sums = _sum_over_processes(sums)
-    return loss_metrics(float(sums[0]), float(sums[1]), chars)
+    if chars and sums[1] < len(tokens) - 1:  # a subset: its share of the characters
+        chars = chars * float(sums[1]) / (len(tokens) - 1)
+    return loss_metrics(float(sums[0]), float(sums[1]), chars, unit)
 
 
-def loss_metrics(nll: float, count: float, chars: int | None = None) -> dict[str, float]:
-    """Summed nll over `count` targets as nats/token, bits/token, bits/char, perplexity."""
+def loss_metrics(nll: float, count: float, chars: float | None = None, unit: str = 'char'
+                 ) -> dict[str, float]:
+    """Summed nll over `count` targets as nats/token, bits/token, bits per character of
+    the text (`bits_per_byte` for unit='byte'), perplexity."""
     loss = nll / count
     # bits per character of the original text; for char models the two counts agree.
     per_char = nll / (chars if chars else count)
     perplexity = math.exp(loss) if loss < 700 else math.inf
-    return {'loss': loss, 'bits_per_token': loss / LN2, 'bits_per_char': per_char / LN2,
+    return {'loss': loss, 'bits_per_token': loss / LN2, f'bits_per_{unit}': per_char / LN2,
             'perplexity': perplexity, 'tokens': count}
 
 
@@ -321,6 +328,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 'eval_every_steps': config.eval_every_steps,
                 'checkpoint_every_steps': config.checkpoint_every_steps,
                 'data.seq_len': config.data.seq_len, 'model.embed_dim': config.model.embed_dim}
+    max_tokens = config.get('eval_max_tokens', 0)
+    if not isinstance(max_tokens, int) or max_tokens < 0:
+        raise CharLMError('eval_max_tokens must be a number of tokens >= 0 (0: the whole val '
+                          f'split), got {max_tokens!r}')
     for name, value in positive.items():
         if not isinstance(value, int) or value < 1:
             raise CharLMError(f'{name} must be a positive integer, got {value!r}')
@@ -417,7 +428,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     host_schedule = make_schedule(config, np)
     writer = metric_writer.MetricWriter(
         workdir, purge_step=None if resume_step is None else resume_step + 1)
-    unit = 'chars' if tok.kind == 'char' else 'tokens'
+    unit = tokenizers.plural_unit(tok.kind)
+    per = tokenizers.text_unit(tok.kind)  # val bits per char, or per byte of a byte model
+    eval_max_tokens = config.get('eval_max_tokens', 0)
+    n_val = len(corpus.tokens['val']) - 1
+    if eval_max_tokens and eval_max_tokens < n_val and is_main:
+        logging.info('evaluation: %s of the %s val targets, in evenly spread windows '
+                     '(eval_max_tokens=%d); charlm.evaluate scores the whole split',
+                     f'~{eval_max_tokens:,}', f'{n_val:,}', eval_max_tokens)
     step = int(state.step)
     state = to_devices(state, layout)
     progress = metric_writer.Progress(config.num_train_steps, step)
@@ -472,17 +490,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         """Validation loss, samples, the best checkpoint; an early-stopping reason or None."""
         t0 = time.perf_counter()
         val = evaluate(steps.eval, state.params, corpus.tokens['val'], config.data.seq_len,
-                       eval_layout, corpus.chars['val'], stateful)
+                       eval_layout, corpus.chars['val'], stateful, eval_max_tokens, per)
         check_finite(val['loss'], 'validation')
         writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity': val['perplexity'],
-                              'val/bits_per_char': val['bits_per_char']})
+                              f'val/bits_per_{per}': val[f'bits_per_{per}'],
+                              'val/targets': val['tokens']})
         if is_main:
-            logging.info('eval at step %d: val loss %.4f nats/%s, %.4f bits/char, perplexity '
-                         '%.2f (%.1fs)', step, val['loss'], unit[:-1], val['bits_per_char'],
-                         val['perplexity'], time.perf_counter() - t0)
+            subset = f' on {int(val["tokens"]):,} of {n_val:,} targets' if (
+                val['tokens'] < n_val) else ''
+            logging.info('eval at step %d: val loss %.4f nats/%s, %.4f bits/%s, perplexity '
+                         '%.2f%s (%.1fs)', step, val['loss'], unit[:-1],
+                         val[f'bits_per_{per}'], per, val['perplexity'], subset,
+                         time.perf_counter() - t0)
             _write_samples(config, model, state.params, tok, sample_key, step, writer)
-        last.update(val_loss=val['loss'], val_bits_per_char=val['bits_per_char'],
-                    val_perplexity=val['perplexity'])
+        last.update({'val_loss': val['loss'], f'val_bits_per_{per}': val[f'bits_per_{per}'],
+                     'val_perplexity': val['perplexity'], 'val_targets': int(val['tokens'])})
         if val['loss'] < meta['best_val_loss']:
             meta.update(best_val_loss=val['loss'], best_step=step, evals_since_best=0)
             save(best=True)
@@ -567,7 +589,7 @@ def _write_samples(config, model, params, tok, key, step, writer) -> None:
     params = jax_utils.unreplicate(params)
     texts = {}
     for i, prompt in enumerate(s.prompts):
-        if tok.kind == 'char' and tok.unknown(prompt):
+        if tok.kind != 'word' and tok.unknown(prompt):
             continue  # a prompt this corpus cannot spell is skipped, not fatal
         out = sampler.sample_text(model, params, tok, prompt, s.length, jax.random.fold_in(key, i),
                                   temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)

