@@ -172,8 +172,7 @@ def _decode(chunk: bytes, offset: int, path: pathlib.Path) -> str:
 # made only to check that it is UTF-8, and to list characters not seen before.
 
 
-def _continuation(b_N: np.ndarray) -> np.ndarray:
-    return (b_N & 0xC0) == 0x80
+_CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes that continue a UTF-8 sequence
 
 
 def _new_units(chunk: bytes, offset: int, path: pathlib.Path, char: bool, seen: set,
@@ -183,24 +182,23 @@ def _new_units(chunk: bytes, offset: int, path: pathlib.Path, char: bool, seen: 
     `known` holds the byte values already seen (ASCII ones, for characters): translate()
     deletes them, so what is left is short after the first chunk.
     """
-    if char and not chunk.isascii():
+    ascii_only = not char or chunk.isascii()
+    if not ascii_only:
         _decode(chunk, offset, path)  # one-line error if it is not UTF-8
     rest = chunk.translate(None, bytes(known))
     if rest:
         new = set(rest.decode('utf-8')) if char else set(rest)
         seen |= new
         known.extend([ord(c) for c in new if ord(c) < 128] if char else new)
-    if char and not chunk.isascii():
-        return len(chunk) - int(np.count_nonzero(_continuation(
-            np.frombuffer(chunk, dtype=np.uint8))))
-    return len(chunk)
+    return len(chunk) if ascii_only else len(chunk.translate(None, _CONTINUATION))
 
 
 def _char_ids(chunk: bytes, ascii_table: bytes, codes_V: np.ndarray, dtype: np.dtype
               ) -> np.ndarray | bytes:
-    """The chunk's character ids: ASCII through translate(); each multi-byte character's
-    code point from its bytes, looked up in the sorted vocabulary `codes_V`."""
-    ids = chunk.translate(ascii_table)  # ASCII ids are below 128: the vocabulary is sorted
+    """The chunk's character ids: one translate() maps ASCII bytes to their ids (below 128:
+    the vocabulary is sorted) and drops continuation bytes, leaving one byte a character;
+    each multi-byte character's id then comes from its code point."""
+    ids = chunk.translate(ascii_table, _CONTINUATION)
     if chunk.isascii():
         return ids if dtype == np.uint8 else np.frombuffer(ids, np.uint8).astype(dtype)
     b = np.frombuffer(chunk, dtype=np.uint8)
@@ -214,8 +212,9 @@ def _char_ids(chunk: bytes, ascii_table: bytes, codes_V: np.ndarray, dtype: np.d
     at = np.minimum(np.searchsorted(codes_V, cp), len(codes_V) - 1)
     if not np.array_equal(codes_V[at], cp):
         raise _Changed()  # a character pass 1 never saw: the file is changing
-    ids_N[lead] = at
-    return ids_N[~_continuation(b)]
+    extra = 1 + (first >= 0xE0) + (first >= 0xF0)  # continuation bytes after each lead
+    ids_N[lead - np.concatenate([[0], np.cumsum(extra)[:-1]])] = at
+    return ids_N
 
 
 _SPACE = re.compile(r'\s(?=\S*\Z)')  # the last whitespace character
