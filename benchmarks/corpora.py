@@ -33,10 +33,12 @@ which writes py_10MB.txt, py_100MB.txt, py_337MB.txt, py_1GB.txt.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import pathlib
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -111,18 +113,30 @@ def make_corpora(out_dir: str, sizes: list[int], sources: list[str]) -> None:
         print(path, os.path.getsize(path))
 
 
+# absl's prefix: I1203 07:30:35.030689 ... then charlm's progress line 'step 1/1 loss ...'
+FIRST_STEP = re.compile(r'^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*\] step 1/', re.M)
+
+
 def timed(cmd: list[str], cwd: str, log: str) -> dict:
-    """Wall seconds from start to exit and peak RSS (bytes) of one child process."""
+    """Wall seconds from start to exit and peak RSS (bytes) of one child process; for a
+    training run also the seconds from start to its first step's log line."""
     with open(log, 'wb') as out:
+        start = datetime.datetime.now()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
+    text = pathlib.Path(log).read_text(errors='replace')
     if proc.returncode:
-        tail = pathlib.Path(log).read_text(errors='replace')[-3000:]
-        sys.exit(f'{" ".join(cmd)}\nexited {proc.returncode}; the end of its log:\n{tail}')
-    return {'wall_s': wall, 'peak_rss_bytes': usage.ru_maxrss * 1024}
+        sys.exit(f'{" ".join(cmd)}\nexited {proc.returncode}; the end of its log:\n{text[-3000:]}')
+    out = {'wall_s': wall, 'peak_rss_bytes': usage.ru_maxrss * 1024}
+    if m := FIRST_STEP.search(text):
+        h, mi, sec = int(m[1]), int(m[2]), float(m[3])
+        day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        at = day + datetime.timedelta(hours=h, minutes=mi, seconds=sec)
+        out['first_step_s'] = (at - start).total_seconds() % 86400  # past midnight too
+    return out
 
 
 def stats(runs: list[dict], key: str) -> dict:
@@ -165,19 +179,23 @@ def bench(args, corpus: str) -> dict:
                             + data + cache + args.extra, f'{tmp}/main{i}.log'))
             shutil.rmtree(workdir, ignore_errors=True)
             shutil.rmtree(os.path.join(tmp, f'runcache{i}'), ignore_errors=True)
-        row['one_step'] = {'runs': runs, **{k: stats(runs, k) for k in runs[0]}}
+        row['one_step'] = {'runs': runs, **{k: stats(runs, k) for k in runs[0]
+                                            if all(k in r for r in runs)}}
     return row
 
 
 def table(rows: list[dict]) -> str:
     prep = any('prepare' in r for r in rows)
-    head = ['corpus', 'size MB', 'median wall s', 'min-max', 'peak RSS GB', 'min-max']
+    head = ['corpus', 'size MB', 'start to exit s', 'min-max', 'start to step 1 s',
+            'peak RSS GB', 'min-max']
     head += ['prepare s', 'prepare MB/s', 'prepare RSS GB'] if prep else []
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         w, m = r['one_step']['wall_s'], r['one_step']['peak_rss_bytes']
+        f = r['one_step'].get('first_step_s')
         cells = [os.path.basename(r['corpus']), f"{r['bytes'] / 1e6:,.1f}", f"{w['median']:.1f}",
-                 f"{w['min']:.1f}-{w['max']:.1f}", f"{m['median'] / 1e9:.2f}",
+                 f"{w['min']:.1f}-{w['max']:.1f}", f"{f['median']:.1f}" if f else '',
+                 f"{m['median'] / 1e9:.2f}",
                  f"{m['min'] / 1e9:.2f}-{m['max'] / 1e9:.2f}"]
         if prep:
             p = r.get('prepare')

@@ -1,5 +1,8 @@
 """Corpora, splits, and batches.
 
+A config's corpus is prepared once (`charlm.prepare`: token files per split) and read here
+as `TokenFile`s, memory-mapped a batch at a time; a batch function reads only its windows.
+
 Shapes (the one place they are named; other modules use these suffixes):
   D = local devices, B = per-device batch, T = seq_len, V = vocab size, H = hidden size.
   A training batch is {'inputs': int32[D, B, T], 'targets': int32[D, B, T]}: random

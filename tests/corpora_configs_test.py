@@ -47,6 +47,11 @@ def test_config_on_a_stand_in(tmp_path, name, make, unit):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
     assert r['tokens'] == 2999 and f'bits_per_{unit}' in r  # the whole test split
+    if name == 'enwik8':  # a UTF-8 prompt; bytes decode with U+FFFD where a sequence is cut
+        proc = run_cli('charlm.sample', f'--workdir={tmp_path}/w', '--prompt=caf\u00e9 ',
+                       '--length=30', '--seed=3')
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.startswith('caf\u00e9 ') and 'sampling 1 x 30 bytes' in proc.stderr
     from configs import enwik8, text8
     config = (enwik8 if name == 'enwik8' else text8).get_config()
     config.data.path, config.data.cache_dir = str(path), str(tmp_path / 'cache')

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import subprocess
 import threading
 import time
 
@@ -256,10 +257,9 @@ def test_a_killed_preparation_is_prepared_again(tmp_path):
     tmp = directory.with_name(f'.{directory.name}.tmp-somehost-1')
     tmp.mkdir()
     (tmp / 'train.bin').write_bytes(b'half')
-    dead = os.fork()
-    if dead == 0:
-        os._exit(0)
-    os.waitpid(dead, 0)
+    gone = subprocess.Popen(['true'])  # a process that has exited: its pid is free
+    gone.wait()
+    dead = gone.pid
     lock = directory.with_name(directory.name + '.lock')
     lock.write_text(json.dumps({'host': prepare.socket.gethostname(), 'pid': dead}))
     notices = []
