@@ -17,9 +17,9 @@ Nothing half-written is trusted: a preparation writes into a temporary folder an
 it into place when complete. A prepared folder is checked on every use (the source's size
 and mtime, else its fingerprint; each token file's size and sampled blocks); a changed
 source or a damaged folder is prepared again, with a notice. One process prepares a folder
-at a time: a lock file beside it, kept fresh while it works, makes the others wait, so
-hosts sharing a filesystem prepare once and hosts with their own cache folders each
-prepare their own. `charlm.prepare` also checks every token file's full sha256.
+at a time: a lock file beside it (`charlm.filelock`) makes the others wait, so hosts
+sharing a filesystem prepare once and hosts with their own cache folders each prepare
+their own. `charlm.prepare` also checks every token file's full sha256.
 """
 
 from __future__ import annotations
@@ -43,14 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from charlm import tokenizers
+from charlm import filelock, tokenizers
 from charlm.errors import CharLMError
 
 FORMAT = 1  # of the folder; another value is prepared again
 CHUNK = 16 << 20  # bytes read at a time: bounds the memory of a preparation
 BLOCK = 64 << 10  # the sampled digest reads up to SAMPLES blocks of this size per file
 SAMPLES = 64
-STALE_SECONDS = 120.0  # a lock not refreshed for this long belongs to a dead process
 POLL_SECONDS = 0.5
 SPLITS = ('train', 'val', 'test')
 
@@ -324,8 +323,8 @@ def _scan(path: pathlib.Path, s: Settings, tick) -> dict[str, Any]:
 class _SplitWriter:
     """Token ids in order into train.bin / val.bin / test.bin at the unit boundaries."""
 
-    def __init__(self, directory: pathlib.Path, bounds: list[int], dtype: np.dtype, refresh):
-        self.directory, self.bounds, self.dtype, self.refresh = directory, bounds, dtype, refresh
+    def __init__(self, directory: pathlib.Path, bounds: list[int], dtype: np.dtype):
+        self.directory, self.bounds, self.dtype = directory, bounds, dtype
         self.files: dict[str, Any] = {}
         self.hashes: dict[str, Any] = {}
         self.tokens = collections.Counter()
@@ -344,7 +343,6 @@ class _SplitWriter:
         self.files[split].write(raw)
         self.hashes[split].update(raw)
         self.tokens[split] += len(ids)
-        self.refresh()
 
     def write_units(self, start: int, ids: np.ndarray) -> None:
         """ids of units start..start+len(ids) (one token per unit), cut at the bounds."""
@@ -444,8 +442,8 @@ def _source_info(path: pathlib.Path, name: str) -> dict[str, Any]:
             'mtime_ns': st.st_mtime_ns}
 
 
-def _write(path: pathlib.Path, name: str, s: Settings, tmp: pathlib.Path, refresh,
-           tick) -> dict[str, Any]:
+def _write(path: pathlib.Path, name: str, s: Settings, tmp: pathlib.Path, tick
+           ) -> dict[str, Any]:
     """Both passes into `tmp`; the metadata is written last."""
     t0 = time.perf_counter()
     before = _source_info(path, name)
@@ -459,7 +457,7 @@ def _write(path: pathlib.Path, name: str, s: Settings, tmp: pathlib.Path, refres
                           f'{name}')
     bounds = _boundaries(scan['total'], s, unit)
     dtype = tokenizers.smallest_dtype(tok.vocab_size)
-    writer = _SplitWriter(tmp, bounds, dtype, refresh)
+    writer = _SplitWriter(tmp, bounds, dtype)
     try:
         sha, chars = _encode(path, s, tok, bounds, writer, tick)
     except _Changed:
@@ -577,74 +575,6 @@ def _when(ns: int) -> str:
     return datetime.datetime.fromtimestamp(ns / 1e9).isoformat(sep=' ', timespec='seconds')
 
 
-# ------------------------------------------------------------------ one preparer at a time
-
-
-class _Lock:
-    """`NAME.lock`, created exclusively (O_EXCL works on local and network filesystems)
-    by the one process preparing NAME; it refreshes the lock's mtime while it works."""
-
-    def __init__(self, path: pathlib.Path):
-        self.path, self.last_refresh = path, 0.0
-        self.me = {'host': socket.gethostname(), 'pid': os.getpid()}
-
-    def acquire(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, 'w') as f:
-            json.dump(self.me, f)
-        self.last_refresh = time.monotonic()
-        return True
-
-    def refresh(self) -> None:
-        if time.monotonic() - self.last_refresh > 5:
-            self.last_refresh = time.monotonic()
-            try:
-                os.utime(self.path)
-            except OSError:
-                pass
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def holder(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text()) | {'mtime': self.path.stat().st_mtime}
-        except (OSError, ValueError):
-            return None
-
-    def stale(self) -> bool:
-        """The holder died: its pid is gone (same host), or it stopped refreshing."""
-        h = self.holder()
-        if h is None:
-            try:
-                return time.time() - self.path.stat().st_mtime > STALE_SECONDS
-            except OSError:
-                return False  # released meanwhile
-        if h.get('host') == self.me['host'] and not _alive(h.get('pid')):
-            return True
-        return time.time() - h['mtime'] > STALE_SECONDS
-
-    def take_over(self) -> None:
-        """Removes a dead holder's lock (renamed first, so two waiters cannot both win)."""
-        broken = self.path.with_name(f'{self.path.name}.broken-{secrets.token_hex(4)}')
-        try:
-            os.rename(self.path, broken)
-            broken.unlink()
-        except OSError:
-            pass
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError) as e:
-        return isinstance(e, PermissionError)
-    return True
-
-
 # ------------------------------------------------------------------ the entry point
 
 
@@ -666,30 +596,30 @@ def ensure(path: pathlib.Path, s: Settings, cache_dir: pathlib.Path, *, name: st
     prepared, _ = _check(directory, path, verify)
     if prepared:
         return prepared, False
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        lock = _Lock(directory.with_name(directory.name + '.lock'))
-        waited = False
-        while not lock.acquire():
-            if lock.stale():
-                notice(f'{lock.path}: its process stopped answering; preparing here')
-                lock.take_over()
-                continue
+    waited = False
+    while True:  # one preparer at a time; a dead one's lock is free (filelock)
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(directory.with_name(directory.name + '.lock'),
+                                     'charlm.prepare')
+            break
+        except filelock.Held as e:
             if not waited:
-                h = lock.holder() or {}
-                notice(f'waiting for {h.get("host", "?")}:{h.get("pid", "?")} to prepare '
-                       f'{name} in {directory}')
+                notice(f'waiting for {e} to prepare {name} in {directory}')
                 waited = True
             time.sleep(POLL_SECONDS)
-    except OSError as e:
-        raise _unwritable(cache_dir, e) from None
+        except OSError as e:
+            raise _unwritable(cache_dir, e) from None
+    if lock.took_over:
+        notice(f'{lock.path} was held by {filelock.describe(lock.took_over)}, which is gone; '
+               'preparing here')
     try:
         prepared, why = _check(directory, path, verify)  # another process may have done it
         if prepared:
             return prepared, False
         if why:
             notice(f'the prepared corpus {directory} cannot be used: {why}; preparing it again')
-        _build(path, name, s, directory, lock, progress or (lambda *a, **k: None))
+        _build(path, name, s, directory, progress or (lambda *a, **k: None))
     finally:
         lock.release()
     prepared, why = _check(directory, path)
@@ -699,13 +629,13 @@ def ensure(path: pathlib.Path, s: Settings, cache_dir: pathlib.Path, *, name: st
     return prepared, True
 
 
-def _build(path, name, s, directory, lock, tick) -> None:
+def _build(path, name, s, directory, tick) -> None:
     for old in directory.parent.glob(f'.{directory.name}.*'):  # a killed preparation's
         shutil.rmtree(old, ignore_errors=True)
     tmp = directory.with_name(f'.{directory.name}.tmp-{socket.gethostname()}-{os.getpid()}')
     try:
         tmp.mkdir()
-        _write(path, name, s, tmp, lock.refresh, tick)
+        _write(path, name, s, tmp, tick)
         old = None
         if directory.exists():  # stale or damaged: out of the way, then removed
             old = directory.with_name(f'.{directory.name}.old-{secrets.token_hex(4)}')

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import threading
 import time
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import SHAKESPEARE_LIKE, assert_one_line_error, run_cli
 
-from charlm import data, prepare, tokenizers
+from charlm import data, filelock, prepare, tokenizers
 from charlm.errors import CharLMError
 
 # Multi-byte characters (2, 3 and 4 bytes), a word split across lines, digits, quotes.
@@ -241,7 +242,8 @@ def test_a_failed_preparation_leaves_nothing_trusted(tmp_path, monkeypatch):
                        'full.*data.cache_dir'):
         data.prepare(config)
     root = tmp_path / 'cache' / 'prepared'
-    assert [p.name for p in root.iterdir()] == []  # no folder, no temporary, no lock
+    left = list(root.iterdir())  # no folder, no temporary; the lock file, free and empty
+    assert [p.suffix for p in left] == ['.lock'] and left[0].read_bytes() == b''
     monkeypatch.undo()
     assert data.prepare(config)[1]
 
@@ -261,11 +263,12 @@ def test_a_killed_preparation_is_prepared_again(tmp_path):
     gone.wait()
     dead = gone.pid
     lock = directory.with_name(directory.name + '.lock')
-    lock.write_text(json.dumps({'host': prepare.socket.gethostname(), 'pid': dead}))
+    lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': dead,
+                                'boot': filelock._boot_id()}))  # its flock died with it
     notices = []
     prepared, made = data.prepare(config, notice=notices.append)
-    assert made and 'stopped answering' in notices[0]
-    assert sorted(p.name for p in directory.parent.iterdir()) == [directory.name]
+    assert made and f'held by pid {dead} on' in notices[0] and 'which is gone' in notices[0]
+    assert sorted(p.name for p in directory.parent.iterdir()) == [directory.name, lock.name]
 
 
 def test_one_process_prepares_while_the_others_wait(tmp_path, monkeypatch):
@@ -276,8 +279,7 @@ def test_one_process_prepares_while_the_others_wait(tmp_path, monkeypatch):
     directory = prepare.folder(path, prepare.Settings.from_config(config.data),
                                tmp_path / 'cache')
     directory.parent.mkdir(parents=True)
-    holder = prepare._Lock(directory.with_name(directory.name + '.lock'))
-    assert holder.acquire()  # another live process is preparing
+    holder = filelock.FileLock(directory.with_name(directory.name + '.lock'), 'test')
     results, notices = [], []
     waiter = threading.Thread(target=lambda: results.append(
         data.prepare(config, notice=notices.append)))
@@ -325,7 +327,7 @@ def test_a_corpus_changing_while_it_is_prepared(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, '_scan', scan_then_append)
     with pytest.raises(CharLMError, match='changed while it was being prepared'):
         data.prepare(config_for(path, tmp_path / 'cache'))
-    assert list((tmp_path / 'cache' / 'prepared').iterdir()) == []
+    assert [p.suffix for p in (tmp_path / 'cache' / 'prepared').iterdir()] == ['.lock']
 
 
 def test_command_prepares_and_checks(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli, start_training, wait_for
 
-from charlm import checkpointing, metric_writer, runs, train, workdir
+from charlm import checkpointing, filelock, metric_writer, runs, train, workdir
 from charlm.errors import CharLMError
 
 
@@ -52,7 +52,7 @@ def test_a_dead_holder_is_taken_over_and_a_live_one_refuses(tiny_config, tmp_pat
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     (run / 'lock').write_text(json.dumps(
-        {'host': socket.gethostname(), 'pid': dead.pid, 'boot': workdir._boot_id(),
+        {'host': socket.gethostname(), 'pid': dead.pid, 'boot': filelock._boot_id(),
          'start': '1', 'heartbeat': time.time()}))
     tiny_config.num_train_steps = 2
     train.train_and_evaluate(tiny_config, str(run))  # kill -9 left its name: taken over
@@ -69,8 +69,8 @@ def test_a_dead_holder_is_taken_over_and_a_live_one_refuses(tiny_config, tmp_pat
 def test_another_host_is_judged_by_its_heartbeat(tmp_path):
     """On a filesystem whose locks do not reach other hosts, the heartbeat decides."""
     other = {'host': 'node-7', 'pid': 1234, 'heartbeat': time.time()}
-    assert not workdir.is_stale(other)
-    assert workdir.is_stale(dict(other, heartbeat=time.time() - workdir.STALE_S - 1))
+    assert not filelock.is_stale(other)
+    assert filelock.is_stale(dict(other, heartbeat=time.time() - filelock.STALE_S - 1))
     (tmp_path / 'lock').write_text(json.dumps(other))
     with pytest.raises(CharLMError, match='being trained by pid 1234 on node-7'):
         workdir.Hold(tmp_path)
