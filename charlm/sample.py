@@ -12,6 +12,7 @@ a `==> sample i of n ... <==` header. An empty --prompt starts from --start (a n
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import sys
@@ -42,6 +43,9 @@ def define_flags() -> None:
     flags.DEFINE_integer('num_samples', 1, 'Independent samples (per temperature), made at once.')
     flags.DEFINE_integer('seed', 0, 'Same seed, same samples.')
     flags.DEFINE_integer('step', None, runs.STEP_HELP)
+    flags.DEFINE_integer('beam', 0, 'Beam search of this width instead of sampling (1 = '
+                         'greedy): the --num_samples most likely of the beams, each with its '
+                         'total log-probability.')
     flags.DEFINE_string('output', None, 'Also write the samples (as printed) to this file, once '
                         'they are all made (until then an existing file is left as it was).')
     flags.DEFINE_integer('chunk', sampler.CHUNK, 'Tokens per compiled call: output appears in '
@@ -65,6 +69,32 @@ def parse_numbers(values: list[str], flag: str, kind: type = float) -> tuple:
 def header(i: int, n: int, temperature: float, seed: int, top_k: int | None = None) -> str:
     k = '' if top_k is None else f', top_k {top_k}'
     return f'==> sample {i + 1} of {n}, temperature {temperature:g}{k}, seed {seed} <=='
+
+
+def run_beam(workdir: str, prompt: str = '', length: int = 500, beam: int = 5,
+             num_samples: int = 1, step: int | None = None, start: str = '\n',
+             out: TextIO = sys.stdout) -> list[tuple[str, float]]:
+    """The `num_samples` best of a beam search of width `beam`: (prompt + text, log-prob)."""
+    if not 1 <= num_samples <= beam:
+        raise CharLMError(f'--num_samples={num_samples} with --beam={beam}: a beam returns at '
+                          'most its width')
+    saved = runs.find(workdir, step)
+    tokenizer, model = saved.tokenizer, saved.model
+    sampler.check_options(length, 0.0, 0, 1.0, 1, tokenizer.vocab_size, prefix='--')
+    prompt_ids = sampler.encode_prompt(tokenizer, prompt, start)
+    params = saved.params(device_put=True)
+    logging.info('beam search, width %d, %d %s from %s', beam, length,
+                 tokenizers.plural_unit(tokenizer.kind), saved.describe())
+    ids_KxL, logp_K = sampler.beam_search(model, params, prompt_ids, length, beam)
+    results = []
+    for b in range(num_samples):
+        text = prompt + sampler.decode_continuation(tokenizer, prompt_ids, ids_KxL[b])
+        results.append((text, float(logp_K[b])))
+        head = (f'==> beam {b + 1} of {beam}, log-probability {logp_K[b]:.4f} nats '
+                f'({logp_K[b] / math.log(2):.4f} bits) <==')
+        out.write('\n' * (b > 0) + f'{head}\n{text}\n')
+    out.flush()
+    return results
 
 
 def run(workdir: str, prompt: str = '', length: int = 500,
@@ -177,8 +207,13 @@ def main(argv):
     output = cli.check_output(FLAGS.output, flag='--output') if FLAGS.output else None
     try:
         with Tee(output) as out:
-            run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, top_ks, FLAGS.top_p,
-                FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk, out=out)
+            if FLAGS.beam:
+                run_beam(FLAGS.workdir, FLAGS.prompt, FLAGS.length, FLAGS.beam,
+                         FLAGS.num_samples, FLAGS.step, FLAGS.start, out=out)
+            else:
+                run(FLAGS.workdir, FLAGS.prompt, FLAGS.length, temps, top_ks, FLAGS.top_p,
+                    FLAGS.num_samples, FLAGS.seed, FLAGS.step, FLAGS.start, FLAGS.chunk,
+                    out=out)
     except KeyboardInterrupt:  # Ctrl-C while text streams: stop quietly, --output untouched
         print(file=sys.stderr)
         sys.exit(130)

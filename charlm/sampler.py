@@ -151,6 +151,53 @@ def generate(stepper, carry, logits_BxV: jax.Array, keys_B: jax.Array, start: ja
     return stepper.carry(state), logits_BxV, tokens_LxB.T
 
 
+@functools.partial(jax.jit, static_argnames=('length', 'beam'))
+def beam_generate(stepper, carry, logits_1xV: jax.Array, *, length: int, beam: int):
+    """A fixed-width beam over the recurrent carry, as one scan: (tokens_KxL, logprob_K),
+    best first. `carry` and `logits_1xV` are one primed stream.
+
+    Each step extends every beam by every token, keeps the `beam` best of the K x V
+    (ties: the lower beam, then the lower token), and gathers their states and histories
+    by parent. Starting with one live beam (the others at -inf) keeps the K beams
+    distinct; with K >= V^(L-1) the search is exhaustive. K = 1 is greedy decoding.
+    """
+    vocab = logits_1xV.shape[-1]
+    carry_K = jax.tree.map(lambda x: jnp.broadcast_to(x, (beam, *x.shape[1:])), carry)
+    logits_KxV = jnp.broadcast_to(logits_1xV, (beam, vocab))
+    logp_K = jnp.full((beam,), -jnp.inf).at[0].set(0.0)
+    seqs_KxL = jnp.zeros((beam, length), jnp.int32)
+
+    def body(loop, t):
+        state, logits_KxV, logp_K, seqs_KxL = loop
+        cand_KxV = logp_K[:, None] + jax.nn.log_softmax(logits_KxV, axis=-1)
+        logp_K, flat_K = jax.lax.top_k(cand_KxV.reshape(-1), beam)
+        parent_K, tokens_K = flat_K // vocab, (flat_K % vocab).astype(jnp.int32)
+        state = jax.tree.map(lambda x: x[parent_K], state)
+        seqs_KxL = seqs_KxL[parent_K].at[:, t].set(tokens_K)
+        state, logits_KxV = stepper.step(state, tokens_K)
+        return (state, logits_KxV, logp_K, seqs_KxL), None
+
+    init = (stepper.start(carry_K), logits_KxV, logp_K, seqs_KxL)
+    (_, _, logp_K, seqs_KxL), _ = jax.lax.scan(body, init, jnp.arange(length))
+    return seqs_KxL, logp_K
+
+
+def beam_search(model, params, prompt_ids, length: int, beam: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The `beam` most likely continuations a beam of that width finds: int32[K, length]
+    and their total log-probabilities (nats), best first."""
+    if beam < 1 or length < 1:
+        raise CharLMError(f'beam search needs a beam width >= 1 and a length >= 1, got '
+                          f'{beam} and {length}')
+    prompt_ids = np.asarray(prompt_ids, dtype=np.int32).reshape(-1)
+    if prompt_ids.size == 0:
+        raise CharLMError('the prompt has no tokens: give a prompt or a start text')
+    carry, logits_1xV = prime(model, params, model.init_carry(1), jnp.asarray(prompt_ids)[None])
+    ids_KxL, logp_K = beam_generate(make_stepper(model, params), carry, logits_1xV,
+                                    length=int(length), beam=int(beam))
+    return np.asarray(ids_KxL), np.asarray(logp_K)
+
+
 def temperatures(temperature: float | Sequence[float]) -> tuple[float, ...]:
     """A temperature or a sequence of them, as a tuple of floats."""
     if isinstance(temperature, str | bytes):

@@ -198,3 +198,19 @@ def test_top_k_list_is_a_grid_from_the_same_random_numbers(workdir):
     single = sample.run(str(workdir), 'ROMEO:', length=30, temperature=0.7, top_k=3, seed=5,
                         out=io.StringIO())
     assert single == texts[:1]  # the first cell of the grid is the lone sample
+
+
+def test_beam_search_from_the_command_line(workdir):
+    proc = run(f'--workdir={workdir}', '--prompt=ROMEO:', '--length=12', '--beam=4',
+               '--num_samples=2')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    heads = [ln for ln in proc.stdout.splitlines() if ln.startswith('==> beam')]
+    assert [h.split(',')[0] for h in heads] == ['==> beam 1 of 4', '==> beam 2 of 4']
+    logps = [float(h.split('log-probability ')[1].split()[0]) for h in heads]
+    assert logps[0] >= logps[1]
+    out = io.StringIO()
+    greedy = sample.run(str(workdir), 'ROMEO:', 12, 0.0, out=out)[0]
+    one = sample.run_beam(str(workdir), 'ROMEO:', 12, beam=1, out=io.StringIO())
+    assert one[0][0] == greedy  # a beam of one is greedy decoding
+    proc = run(f'--workdir={workdir}', '--beam=2', '--num_samples=3')
+    assert_one_line_error(proc, 'a beam returns at most its width')

@@ -104,7 +104,7 @@ def test_prime_in_one_call_equals_one_token_at_a_time(lm):
 def teacher_forced_logits(m, params, prompt, ids_BxL):
     """The logits each generated token was drawn from: logits_BxLxV."""
     B = ids_BxL.shape[0]
-    tokens = np.concatenate([np.broadcast_to(PROMPT, (B, len(prompt))), ids_BxL], 1)
+    tokens = np.concatenate([np.broadcast_to(prompt, (B, len(prompt))), ids_BxL], 1)
     _, logits = m.apply({'params': params}, m.init_carry(B), jnp.asarray(tokens))
     return np.asarray(logits[:, len(prompt) - 1:-1])
 
@@ -291,3 +291,35 @@ def test_generate_drives_any_stepper():
         jax.vmap(jax.random.key)(jnp.arange(2)), jnp.int32(0), jnp.full(2, 0.5), length=4)
     np.testing.assert_array_equal(tokens, [[3, 5, 7, 9], [5, 7, 9, 11]])
     np.testing.assert_array_equal(carry, [4, 4])  # the state went through every step
+
+
+def test_beam_1_is_greedy(lm):
+    m, params = lm
+    ids, logp = sampler.beam_search(m, params, PROMPT, 12, beam=1)
+    greedy = sampler.sample_ids(m, params, PROMPT, 12, jax.random.key(0), temperature=0.0)
+    np.testing.assert_array_equal(ids, greedy)
+    scored = teacher_forced_logits(m, params, PROMPT, ids)
+    lp = jax.nn.log_softmax(scored, axis=-1)
+    assert logp[0] == pytest.approx(float(np.take_along_axis(lp, ids[..., None], -1).sum()),
+                                    abs=1e-4)
+
+
+def test_beam_finds_what_an_exhaustive_search_finds():
+    """A 3-token vocabulary, 4 tokens: every one of the 81 continuations scored; a beam of
+    27 = 3^(4-1) keeps all prefixes, so its K best are the exhaustive K best."""
+    v, length = 3, 4
+    m = model_lib.RecurrentLM(vocab_size=v, embed_dim=4, hidden_sizes=(8,))
+    params = m.init(jax.random.key(1), m.init_carry(1), jnp.zeros((1, 1), jnp.int32))['params']
+    params = dict(params, head={'kernel': params['head']['kernel'] * 6,
+                                'bias': params['head']['bias']})
+    prompt = np.array([0, 2, 1], np.int32)
+    all_ids = np.array(np.meshgrid(*[np.arange(v)] * length, indexing='ij')).reshape(length, -1).T
+    lp = jax.nn.log_softmax(teacher_forced_logits(m, params, prompt, all_ids), axis=-1)
+    exhaustive = np.take_along_axis(np.asarray(lp), all_ids[..., None], -1)[..., 0].sum(-1)
+    order = np.argsort(-exhaustive, kind='stable')
+    ids, logp = sampler.beam_search(m, params, prompt, length, beam=27)
+    np.testing.assert_array_equal(ids[0], all_ids[order[0]])  # the most likely of all 81
+    np.testing.assert_allclose(logp, exhaustive[order[:27]], atol=1e-5)
+    assert (np.diff(logp) <= 0).all() and len({tuple(r) for r in ids}) == 27
+    narrow, narrow_logp = sampler.beam_search(m, params, prompt, length, beam=3)
+    assert narrow_logp[0] <= logp[0] + 1e-6  # a narrow beam can only do as well
