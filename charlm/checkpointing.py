@@ -236,6 +236,10 @@ def check_same_model(saved: dict, config, workdir) -> None:
     elif was_stateful and saved['batch_size'] != config.batch_size:
         diff.append(f'batch_size (streams of the carried state): {saved["batch_size"]} in '
                     f'checkpoint, {config.batch_size} in config')
+    had_ema, has_ema = saved.get('ema_decay', 0.0) > 0, config.get('ema_decay', 0.0) > 0
+    if had_ema != has_ema:  # the average is part of the saved state
+        diff.append(f'ema_decay: {saved.get("ema_decay", 0.0)} in checkpoint, '
+                    f'{config.get("ema_decay", 0.0)} in config (on in one, off in the other)')
     if diff:
         raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
                           'use a new --workdir, or the checkpoint\'s settings')

@@ -63,19 +63,21 @@ class Run:
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
                    best: bool = False):
-    """The parameters saved at `step` (host arrays, whatever device count trained them).
+    """The parameters saved at `step` (host arrays, whatever device count trained them):
+    their moving average where the run kept one (config.ema_decay).
 
     The target's shapes come from tracing create_state, with no compilation.
     """
     carry = config.batch_size if config.data.get('stateful', False) else 0
     shapes = jax.eval_shape(
-        lambda: train.create_state(model, train.make_optimizer(config), jax.random.key(0), carry))
+        lambda: train.create_state(model, train.make_optimizer(config), jax.random.key(0), carry,
+                                   config.get('ema_decay', 0.0)))
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     ckpts = checkpointing.Checkpoints(workdir, create=False)
     try:
         for _ in range(3):
             try:
-                return ckpts.restore_state(target, step, best=best).params
+                return ckpts.restore_state(target, step, best=best).eval_params()
             except checkpointing.CheckpointRemoved as e:
                 # The run training this workdir replaced it (the best, or the oldest of
                 # the latest saves): read its successor, the newest of the same kind.

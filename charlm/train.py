@@ -14,6 +14,7 @@ import time
 import types
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,6 +38,15 @@ class TrainState(train_state.TrainState):
     # to the next, so checkpoints keep it. On the host it is global, [batch_size, H] per
     # leaf; on the devices each holds its own rows, [D, B, H]. Empty otherwise.
     carry: Any = ()
+    # config.ema_decay > 0: an exponential moving average of the parameters, updated at
+    # every step; evaluation, the best checkpoint's use and sampling read it (`eval_params`).
+    # None when off, so checkpoints without it keep their shape.
+    ema_params: Any = None
+    ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+    def eval_params(self):
+        """The parameters a model is judged and used with: the average when there is one."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
 # ------------------------------------------------------------------ config -> objects
@@ -133,15 +143,18 @@ def _init_params(model, key):
 
 
 def create_state(model: model_lib.RecurrentLM, tx: optax.GradientTransformation,
-                 key: jax.Array, carry_batch: int = 0) -> TrainState:
-    """A fresh state; `carry_batch` > 0 adds a zero carry for that many streams (stateful).
+                 key: jax.Array, carry_batch: int = 0, ema_decay: float = 0.0) -> TrainState:
+    """A fresh state; `carry_batch` > 0 adds a zero carry for that many streams (stateful);
+    `ema_decay` > 0 a moving average of the parameters, starting at them.
 
     apply_fn is None (the steps take the model as an argument): a bound method of each run's
     model would make every run's state a different pytree, and compile the steps again.
     """
     params = _init_params(model, key)
     carry = jax.device_get(model.init_carry(carry_batch)) if carry_batch else ()
-    return TrainState.create(apply_fn=None, params=params, tx=tx, carry=carry)
+    ema = jax.tree.map(jnp.copy, params) if ema_decay else None
+    return TrainState.create(apply_fn=None, params=params, tx=tx, carry=carry,
+                             ema_params=ema, ema_decay=float(ema_decay))
 
 
 def to_devices(state: TrainState, layout: data.Layout) -> TrainState:
@@ -211,6 +224,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, model, axis_na
         nll_sum, count = jax.lax.psum((nll_sum, count), axis_name)
     grad_norm = optax.tree.norm(grads)
     state = state.apply_gradients(grads=grads)
+    if state.ema_params is not None:  # the average follows the updated parameters
+        d = state.ema_decay
+        state = state.replace(ema_params=jax.tree.map(lambda e, p: d * e + (1 - d) * p,
+                                                      state.ema_params, state.params))
     if stateful:  # the next batch starts from here, without backpropagating into this one
         state = state.replace(carry=jax.lax.stop_gradient(new_carry))
     return state, {'nll_sum': nll_sum, 'count': count, 'grad_norm': grad_norm}
@@ -337,6 +354,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise CharLMError(f'{name} must be a positive integer, got {value!r}')
     if not config.learning_rate >= 0:  # 0 is allowed: a frozen model (tests use it)
         raise CharLMError(f'learning_rate must be >= 0, got {config.learning_rate!r}')
+    if not 0 <= config.get('ema_decay', 0.0) < 1:
+        raise CharLMError(f'ema_decay must be in [0, 1) (0 = off), got {config.ema_decay!r}')
     for name in ('dropout_rate', 'weight_drop', 'embed_dropout'):
         value = config.model.get(name, 0.0)
         if not 0 <= value < 1:
@@ -382,7 +401,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if stateful:
             data.stream_steps(len(corpus.tokens['train']), config.data.seq_len, config.batch_size)
         fresh = create_state(model, make_optimizer(config), init_key,
-                             config.batch_size if stateful else 0)
+                             config.batch_size if stateful else 0, config.get('ema_decay', 0.0))
         return corpus, model, fresh
 
     ckpts = checkpointing.Checkpoints(workdir, config.max_to_keep, create=False)
@@ -489,7 +508,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     def evaluate_and_track() -> str | None:
         """Validation loss, samples, the best checkpoint; an early-stopping reason or None."""
         t0 = time.perf_counter()
-        val = evaluate(steps.eval, state.params, corpus.tokens['val'], config.data.seq_len,
+        val = evaluate(steps.eval, state.eval_params(), corpus.tokens['val'], config.data.seq_len,
                        eval_layout, corpus.chars['val'], stateful, eval_max_tokens, per)
         check_finite(val['loss'], 'validation')
         writer.scalars(step, {'val/loss': val['loss'], 'val/perplexity': val['perplexity'],
@@ -502,7 +521,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          '%.2f%s (%.1fs)', step, val['loss'], unit[:-1],
                          val[f'bits_per_{per}'], per, val['perplexity'], subset,
                          time.perf_counter() - t0)
-            _write_samples(config, model, state.params, tok, sample_key, step, writer)
+            _write_samples(config, model, state.eval_params(), tok, sample_key, step, writer)
         last.update({'val_loss': val['loss'], f'val_bits_per_{per}': val[f'bits_per_{per}'],
                      'val_perplexity': val['perplexity'], 'val_targets': int(val['tokens'])})
         if val['loss'] < meta['best_val_loss']:

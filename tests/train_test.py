@@ -333,3 +333,36 @@ def test_schedule_warmup_cosine_and_host_copy(tiny_config):
 def test_bits_per_char_counts_predicted_characters(tiny_config):
     corpus, _, _ = _setup(tiny_config)
     assert corpus.chars['val'] == len(corpus.tokens['val']) - 1  # char model: every target
+
+
+def test_weight_averaging_follows_the_parameters(tiny_config):
+    corpus, model, _ = _setup(tiny_config)
+    state = train.create_state(model, train.make_optimizer(tiny_config), jax.random.key(0),
+                               ema_decay=0.9)
+    jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
+    step = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    want = state.params
+    for i in range(3):
+        state, _ = step(state, _global_batch(corpus, tiny_config, i), jax.random.key(1))
+        want = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, want, state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), state.ema_params,
+                 want)
+    assert state.eval_params() is state.ema_params
+    assert not np.allclose(jax.tree.leaves(state.ema_params)[0],
+                           jax.tree.leaves(state.params)[0])
+
+
+def test_weight_averaging_resumes_exactly_and_is_what_commands_read(tiny_config, tmp_path):
+    from charlm import runs
+    tiny_config.ema_decay = 0.8
+    straight = train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'), stop_at=7)
+    pieces = train.train_and_evaluate(tiny_config, str(tmp_path / 'pieces'))
+    assert pieces['val_loss'] == straight['val_loss']
+    _, saved = _final_params(tmp_path / 'straight')
+    jax.tree.map(np.testing.assert_array_equal, saved, _final_params(tmp_path / 'pieces')[1])
+    run = runs.find(str(tmp_path / 'straight'), step=20)
+    jax.tree.map(np.testing.assert_array_equal, run.params(), saved['ema_params'])
+    tiny_config.ema_decay = 0.0  # the average is part of the state: another model
+    with pytest.raises(CharLMError, match='ema_decay'):
+        train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
