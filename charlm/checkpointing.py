@@ -221,7 +221,9 @@ def _model_fields(config) -> dict:
     m = config['model']
     sizes = model_lib.hidden_sizes_from(m['num_layers'], m['hidden_size'], m['hidden_sizes'])
     return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes,
-            'tie_embeddings': m.get('tie_embeddings', False)}
+            'tie_embeddings': m.get('tie_embeddings', False),
+            'mogrifier_rounds': m.get('mogrifier_rounds', 5) if m['cell'] == 'mogrifier'
+            else None}
 
 
 def check_same_model(saved: dict, config, workdir) -> None:

@@ -3,18 +3,22 @@ r"""Gate heatmaps: what one recurrent layer of a trained model does, character b
   python -m charlm.gates --workdir=runs/shakespeare --layer=0 --units=16 --out=gates.png \
       --text="First Citizen:\nBefore we proceed any further, hear me speak."
 
-LSTM: forget, input and output gates and the cell state; GRU: reset and update gates
-and the hidden state. A simple RNN has no gates (an error). One row per unit, one
+LSTM, LayerNorm LSTM and Mogrifier LSTM: forget, input and output gates and the cell
+state; GRU: reset and update gates and the hidden state; minGRU: its update gate z and
+the hidden state; minLSTM: its forget and input gates before they are normalised to sum
+to 1, and the hidden state. A simple RNN has no gates (an error). One row per unit, one
 column per token of the text, read from a zero state as in training.
 
-The numbers come from the trained parameters run through Flax's own cell, never from
-a copy of its equations: the text's embedding rows are read from the trained
-parameters; then each layer's parameters are stepped through
-nn.LSTMCell / nn.GRUCell (whose parameter names every charlm LSTM and GRU layer keeps)
-with capture_intermediates=True, each layer's outputs feeding the next. A gate
-is the cell's `gate_fn` of the sum of its recorded input and hidden Dense outputs; the
-states are the cell's own carries. The top layer's outputs through the model's output
-layer reproduce the model's logits, which checks that the stepped cells are the model.
+The numbers come from the trained parameters run through the model's cells, never from
+a copy of their equations: the text's embedding rows are read from the trained
+parameters; then each layer's parameters are stepped through its cell, each layer's
+outputs feeding the next. An LSTM or a GRU steps nn.LSTMCell / nn.GRUCell (whose
+parameter names every charlm LSTM and GRU layer keeps) with capture_intermediates=True:
+a gate is the cell's `gate_fn` of the sum of its recorded input and hidden Dense outputs.
+charlm's own cells (`charlm.cells`) sow their gates as they step. The states are the
+cells' own carries. The top layer's outputs through the model's output layer reproduce
+the model's logits, which checks that the stepped cells are the model (for a minGRU or
+minLSTM, that its parallel scan is the cell's recurrence).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from absl import app, flags, logging
 from flax import linen as nn
 
 from charlm import cli, plot, runs, tokenizers, train
+from charlm import model as model_lib
 from charlm.errors import CharLMError
 
 # Gate name -> (input Dense, hidden Dense) of the Flax cell; the panel order of the figure.
@@ -38,13 +43,19 @@ GATES = {
     'gru': {'reset': ('ir', 'hr'), 'update': ('iz', 'hz')},
 }
 REFERENCE_CELLS = {'lstm': nn.LSTMCell, 'gru': nn.GRUCell}
-STATE = {'lstm': 'cell state', 'gru': 'hidden state'}
+# charlm.cells' cells: the gates they sow as they step, in panel order.
+SOWN = {'mingru': ('update',), 'minlstm': ('forget', 'input'),
+        'lnlstm': ('forget', 'input', 'output'), 'mogrifier': ('forget', 'input', 'output')}
+STATE = {'lstm': 'cell state', 'gru': 'hidden state', 'mingru': 'hidden state',
+         'minlstm': 'hidden state', 'lnlstm': 'cell state', 'mogrifier': 'cell state'}
+GATE_NAMES = {g for gates in (*GATES.values(), *SOWN.values()) for g in gates}
 
 
 def check_cell(cell: str) -> None:
-    if cell not in GATES:
+    if cell not in GATES and cell not in SOWN:
+        names = [*GATES, *SOWN]
         raise CharLMError(f"a {cell!r} layer has no gates to show: gates works for "
-                          f"{' and '.join(GATES)} models")
+                          f"{', '.join(names[:-1])} and {names[-1]} models")
 
 
 def check_layer(layer: int, num_layers: int) -> None:
@@ -60,20 +71,28 @@ def model_run(model, params, tokens_1xT: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 def step_layer(model, params, layer: int, x_1xTxE: jax.Array):
-    """Steps Flax's own cell with layer `layer`'s parameters over the T inputs.
+    """Steps layer `layer`'s cell (Flax's reference LSTM or GRU cell, else the model's
+    own) with the layer's parameters over the T inputs.
 
-    Returns (the cell's Dense outputs by name, each Tx1xH; its carries; h_Tx1xH).
+    Returns (by name, each Tx1xH, the Flax cell's Dense outputs or the charlm cell's
+    sown gates; its carries; h_Tx1xH; the cell).
     """
-    cell = REFERENCE_CELLS[model.cell](features=model.hidden_sizes[layer], dtype=model.dtype)
+    size = model.hidden_sizes[layer]
+    reference = model.cell in REFERENCE_CELLS
+    cell = (REFERENCE_CELLS[model.cell](features=size, dtype=model.dtype) if reference
+            else model_lib.CELLS[model.cell](features=size, **model.cell_options()))
     layer_params = params[f'{model.cell}_{layer}']
 
     def step(carry, x_1xE):
         (new_carry, h_1xH), state = cell.apply(
-            {'params': layer_params}, carry, x_1xE, capture_intermediates=True,
+            {'params': layer_params}, carry, x_1xE, capture_intermediates=reference,
             mutable=['intermediates'])
-        dense = {k: v['__call__'][0] for k, v in state['intermediates'].items()
-                 if k != '__call__'}
-        return new_carry, (dense, new_carry, h_1xH)
+        if reference:
+            recorded = {k: v['__call__'][0] for k, v in state['intermediates'].items()
+                        if k != '__call__'}
+        else:
+            recorded = {k: v[0] for k, v in state['intermediates'].items()}
+        return new_carry, (recorded, new_carry, h_1xH)
 
     carry = model.init_carry(1)[layer]
     _, out = jax.lax.scan(step, carry, jnp.swapaxes(x_1xTxE, 0, 1))
@@ -90,7 +109,8 @@ def capture(model, params, tokens_1xT: jax.Array, layer: int) -> dict[str, np.nd
     check_cell(model.cell)
     check_layer(layer, len(model.hidden_sizes))
     out = _capture(model, params, jnp.asarray(tokens_1xT, jnp.int32), layer)
-    order = [*GATES[model.cell], STATE[model.cell], 'logits', 'model_logits']  # jit sorts keys
+    gate_names = GATES[model.cell] if model.cell in GATES else SOWN[model.cell]
+    order = [*gate_names, STATE[model.cell], 'logits', 'model_logits']  # jit sorts keys
     return {k: np.asarray(out[k], np.float32) for k in order}
 
 
@@ -100,11 +120,14 @@ def _capture(model, params, tokens_1xT, layer):
     x_1xTxE, model_logits_1xTxV = model_run(model, params, tokens_1xT)
     out = {}
     for i in range(len(model.hidden_sizes)):
-        dense, carries, h_Tx1xH, cell = step_layer(model, params, i, x_1xTxE)
+        recorded, carries, h_Tx1xH, cell = step_layer(model, params, i, x_1xTxE)
         if i == layer:
-            for gate, (gi, gh) in GATES[model.cell].items():
-                out[gate] = cell.gate_fn(dense[gi] + dense[gh])[:, 0]
-            out[STATE[model.cell]] = (carries[0] if model.cell == 'lstm' else carries)[:, 0]
+            for gate, (gi, gh) in GATES.get(model.cell, {}).items():
+                out[gate] = cell.gate_fn(recorded[gi] + recorded[gh])[:, 0]
+            for gate in SOWN.get(model.cell, ()):
+                out[gate] = recorded[gate][:, 0]
+            cell_state = model.cell in model_lib.LSTM_CARRY
+            out[STATE[model.cell]] = (carries[0] if cell_state else carries)[:, 0]
         x_1xTxE = jnp.swapaxes(h_Tx1xH, 0, 1)  # dropout is off at evaluation
     head = nn.Dense(model.vocab_size, dtype=model.dtype)
     out['logits'] = head.apply({'params': params['head']}, x_1xTxE)[0]
@@ -139,7 +162,7 @@ def draw(acts: dict[str, np.ndarray], labels: list[str], units: int, out: str,
                              sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], panels, strict=True):
         a_HxT = acts[name][:, :n_units].T
-        if name in GATES.get('lstm', {}) or name in GATES.get('gru', {}):
+        if name in GATE_NAMES:
             im = ax.imshow(a_HxT, aspect='auto', cmap='viridis', vmin=0.0, vmax=1.0,
                            interpolation='nearest')
         else:

@@ -3,14 +3,18 @@
   model = RecurrentLM(vocab_size=65, embed_dim=64, hidden_sizes=(256, 256), cell='lstm')
   carry, logits_BxTxV = model.apply({'params': params}, model.init_carry(B), tokens_BxT)
 
-Each recurrent layer is a Flax cell (nn.OptimizedLSTMCell, nn.GRUCell, nn.SimpleCell)
-scanned over time with `nn.scan`, as in flax's sst2 example: that is `impl='cell'`, the
-reference. An LSTM runs by default as `impl='hoisted'`, `charlm.kernels`' layer with
-the same parameters and equations that trains faster (the input projection out of the
-time loop, a custom backward pass); `impl='cudnn'` takes cuDNN's kernel on CUDA GPUs.
+Each recurrent layer is a Flax cell (nn.OptimizedLSTMCell, nn.GRUCell, nn.SimpleCell, or
+one of `charlm.cells`: minGRU, minLSTM, LayerNorm LSTM, Mogrifier LSTM) scanned over time
+with `nn.scan`, as in flax's sst2 example: that is `impl='cell'`, the reference. An LSTM
+runs by default as `impl='hoisted'`, `charlm.kernels`' layer with the same parameters and
+equations that trains faster (the input projection out of the time loop, a custom
+backward pass); `impl='cudnn'` takes cuDNN's kernel on CUDA GPUs. A minGRU or minLSTM,
+whose gates do not see h_{t-1}, runs a sequence as one parallel scan over time
+(`cells.ParallelMinRNN`, the cell's parameters) unless `impl='cell'`; the other cells
+are always the nn.scan reference.
 Modules take plain values, never a ConfigDict. Shapes follow the `charlm.data` docstring:
 tokens_BxT int32, logits_BxTxV float32; each layer's carry is (c_BxH, h_BxH) for an LSTM
-and h_BxH for a GRU or a simple RNN.
+(lstm, lnlstm, mogrifier) and h_BxH for the others.
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from charlm import kernels
+from charlm import cells, kernels
 from charlm.errors import CharLMError
 
 CELLS = {
     'lstm': nn.OptimizedLSTMCell,  # fused gate matmul; same parameters as nn.LSTMCell
     'gru': nn.GRUCell,
     'rnn': nn.SimpleCell,
+    'mingru': cells.MinGRUCell,  # charlm.cells: gates from x_t alone, a parallel scan
+    'minlstm': cells.MinLSTMCell,
+    'lnlstm': cells.LayerNormLSTMCell,  # LayerNorm on the gates and the cell state
+    'mogrifier': cells.MogrifierLSTMCell,  # x and h gate each other, then an LSTM step
 }
+LSTM_CARRY = ('lstm', 'lnlstm', 'mogrifier')  # carry (c_BxH, h_BxH); the others h_BxH
 
 Carry = tuple[Any, ...]  # one entry per layer
 
@@ -76,6 +85,7 @@ class RecurrentLM(nn.Module):
     weight_drop: float = 0.0
     embed_dropout: float = 0.0
     tie_embeddings: bool = False
+    mogrifier_rounds: int = 5  # mogrifier only: rounds x and h gate each other per step
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -90,6 +100,11 @@ class RecurrentLM(nn.Module):
         for name in ('dropout_rate', 'weight_drop', 'embed_dropout'):
             if not 0 <= getattr(self, name) < 1:
                 raise CharLMError(f'model.{name} must be in [0, 1), got {getattr(self, name)!r}')
+        if self.weight_drop and self.cell in cells.PARALLEL:
+            raise CharLMError(f'model.weight_drop drops recurrent weights, and a {self.cell} '
+                              'has none (its gates read x_t alone): set it to 0')
+        if self.mogrifier_rounds < 0:
+            raise CharLMError(f'model.mogrifier_rounds must be >= 0, got {self.mogrifier_rounds}')
         if self.tie_embeddings and self.embed_dim != self.hidden_sizes[-1]:
             raise CharLMError(f'model.tie_embeddings needs embed_dim equal to the last layer\'s '
                               f'size ({self.hidden_sizes[-1]}), got embed_dim={self.embed_dim}')
@@ -99,7 +114,7 @@ class RecurrentLM(nn.Module):
         """Zero state for `batch_size` streams; needs no parameters."""
         def zeros(h):
             return jnp.zeros((batch_size, h), jnp.float32)
-        if self.cell == 'lstm':
+        if self.cell in LSTM_CARRY:
             return tuple((zeros(h), zeros(h)) for h in self.hidden_sizes)
         return tuple(zeros(h) for h in self.hidden_sizes)
 
@@ -113,6 +128,8 @@ class RecurrentLM(nn.Module):
         if self.cell == 'lstm' and self.impl == 'hoisted':
             lstm = kernels.FoldedLSTM if folded else kernels.HoistedLSTM
             return lstm(size, self.unroll, self.dtype, **drop, name=name)
+        if self.cell in cells.PARALLEL and self.impl != 'cell':
+            return cells.ParallelMinRNN(size, self.cell, self.dtype, name=name)
         scanned = nn.scan(CELLS[self.cell], variable_broadcast='params',
                           split_rngs={'params': False}, in_axes=1, out_axes=1,
                           unroll=self.unroll)
@@ -128,7 +145,13 @@ class RecurrentLM(nn.Module):
                 return dict(variables, params=params)
 
             scanned = nn.map_variables(scanned, 'params', trans_in_fn=drop_recurrent)
-        return scanned(features=size, dtype=self.dtype, name=name)
+        return scanned(features=size, **self.cell_options(), name=name)
+
+    def cell_options(self) -> dict:
+        """The cell's arguments besides `features`."""
+        if self.cell == 'mogrifier':
+            return dict(dtype=self.dtype, rounds=self.mogrifier_rounds)
+        return dict(dtype=self.dtype)
 
     def folds_embedding(self, num_tokens: int) -> bool:
         """Whether layer 0 projects the V embedding rows once and gathers (HoistedLSTM).

@@ -75,6 +75,8 @@ def run_beam(workdir: str, prompt: str = '', length: int = 500, beam: int = 5,
              num_samples: int = 1, step: int | None = None, start: str = '\n',
              out: TextIO = sys.stdout) -> list[tuple[str, float]]:
     """The `num_samples` best of a beam search of width `beam`: (prompt + text, log-prob)."""
+    if beam < 1:
+        raise CharLMError(f'--beam must be a width >= 1 (1 = greedy), got {beam}')
     if not 1 <= num_samples <= beam:
         raise CharLMError(f'--num_samples={num_samples} with --beam={beam}: a beam returns at '
                           'most its width')
@@ -200,6 +202,17 @@ class Tee:
         sys.stdout.flush()
 
 
+def check_beam_flags() -> None:
+    """--beam's one-line errors, before anything is read."""
+    if FLAGS.beam < 1:
+        raise CharLMError(f'--beam must be a width >= 1 (1 = greedy), got {FLAGS.beam}')
+    drawn = [f'--{f}' for f in ('temperature', 'top_k', 'top_p') if FLAGS[f].present]
+    if drawn:
+        raise CharLMError(f'--beam searches for the most likely continuations and draws '
+                          f'nothing: it is deterministic, so {", ".join(drawn)} would be '
+                          'ignored; leave them out')
+
+
 @cli.command
 def main(argv):
     temps = parse_numbers(FLAGS.temperature, 'temperature')
@@ -207,7 +220,8 @@ def main(argv):
     output = cli.check_output(FLAGS.output, flag='--output') if FLAGS.output else None
     try:
         with Tee(output) as out:
-            if FLAGS.beam:
+            if FLAGS['beam'].present:
+                check_beam_flags()
                 run_beam(FLAGS.workdir, FLAGS.prompt, FLAGS.length, FLAGS.beam,
                          FLAGS.num_samples, FLAGS.step, FLAGS.start, out=out)
             else:

@@ -81,7 +81,8 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int, *,
         impl=impl, dtype=dtype,  # .get: the fields below came after the first configs
         variational_dropout=m.get('variational_dropout', False),
         weight_drop=m.get('weight_drop', 0.0), embed_dropout=m.get('embed_dropout', 0.0),
-        tie_embeddings=m.get('tie_embeddings', False))
+        tie_embeddings=m.get('tie_embeddings', False),
+        mogrifier_rounds=m.get('mogrifier_rounds', 5))
 
 
 def layer_sizes(config) -> tuple[int, ...]:

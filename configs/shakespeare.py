@@ -34,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     # from each batch to the next (gradients stopped), evaluation carried through the split
 
     c.model = m = ml_collections.ConfigDict()
-    m.cell = 'lstm'  # 'lstm' | 'gru' | 'rnn'
+    m.cell = 'lstm'  # 'lstm' | 'gru' | 'rnn' | 'mingru' | 'minlstm' | 'lnlstm' | 'mogrifier'
+    m.mogrifier_rounds = 5  # mogrifier cell only: rounds x and h gate each other per step
     m.embed_dim = 64  # token embedding width
     m.num_layers = 2  # stacked recurrent layers (hidden_sizes, if set, wins)
     m.hidden_size = 256  # units per layer
@@ -47,7 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     m.tie_embeddings = False  # head = embedding^T (+ a bias); needs embed_dim = last layer
     m.impl = 'hoisted'  # LSTM: 'hoisted' input matmul + fused backward (fast) | 'cell' (Flax
     # OptimizedLSTMCell in nn.scan, the reference) | 'cudnn' (cuDNN's fused LSTM, CUDA GPUs,
-    # float32); all three share parameters and checkpoints
+    # float32); all three share parameters and checkpoints. mingru/minlstm: the parallel
+    # scan, or 'cell' (the cell step by step); the other cells ignore it
     m.unroll = 1  # time steps per scan iteration: speed only, same numbers (1 is fastest on CPU)
     m.dtype = 'float32'  # matmul dtype; 'bfloat16' on GPU/TPU (carry stays float32)
 

@@ -5,6 +5,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from cells_test import np_step
 from conftest import run_cli
 
 from charlm import checkpointing, gates, tokenizers, train
@@ -24,8 +25,8 @@ def _random_like(abstract, seed=0):
     return jax.tree.map(lambda x: rng.normal(0, 0.5, x.shape).astype(x.dtype), abstract)
 
 
-def _model(cell, sizes=(8, 6)):
-    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=sizes, cell=cell)
+def _model(cell, sizes=(8, 6), **kw):
+    m = model_lib.RecurrentLM(vocab_size=11, embed_dim=5, hidden_sizes=sizes, cell=cell, **kw)
     tokens = np.random.default_rng(1).integers(0, 11, (1, 9)).astype(np.int32)
     params = _random_like(jax.eval_shape(m.init, jax.random.key(0), m.init_carry(1), tokens))
     return m, params['params'], tokens
@@ -77,6 +78,38 @@ def test_gru_gates_equal_the_textbook_equations_on_the_same_parameters():
     for name, values in want.items():
         np.testing.assert_allclose(acts[name], np.stack(values), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(acts['logits'], acts['model_logits'], rtol=1e-5, atol=1e-5)
+
+
+PANELS = {'mingru': ['update'], 'minlstm': ['forget', 'input'],
+          'lnlstm': ['forget', 'input', 'output'], 'mogrifier': ['forget', 'input', 'output']}
+
+
+@pytest.mark.parametrize('cell', list(PANELS))
+def test_charlm_cells_gates_equal_their_papers_equations(cell):
+    """charlm.cells' cells sow their gates; a numpy re-computation of each cell
+    (cells_test.np_step) gives the same gates and state, layer after layer."""
+    m, params, tokens = _model(cell, mogrifier_rounds=3)
+    acts = gates.capture(m, params, tokens, layer=1)
+    gates_, state = PANELS[cell], gates.STATE[cell]
+    assert list(acts) == [*gates_, state, 'logits', 'model_logits']
+    x = params['embed']['embedding'][np.asarray(tokens[0])][:, None]  # [T, 1, E]
+    for i in range(len(m.hidden_sizes)):
+        carry = jax.tree.map(np.asarray, m.init_carry(1)[i])
+        record = {name: [] for name in [*gates_, state]}
+        outs = []
+        for x_t in x:
+            carry, h, gate = np_step(cell, params[f'{cell}_{i}'], carry, x_t, rounds=3)
+            for name in gates_:
+                record[name].append(gate[name][0])
+            record[state].append((carry[0] if isinstance(carry, tuple) else carry)[0])
+            outs.append(h)
+        x = np.stack(outs)
+    for name, values in record.items():  # the last layer is the one captured
+        assert acts[name].shape == (9, 6)
+        np.testing.assert_allclose(acts[name], np.stack(values), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acts['logits'], acts['model_logits'], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acts['logits'], _dense(params['head'], x[:, 0]), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_rnn_and_bad_layer_are_errors():
@@ -143,7 +176,8 @@ def run(*args, timeout=120):
 
 
 @pytest.mark.parametrize('cell,args,match', [
-    ('rnn', [], "a 'rnn' layer has no gates to show: gates works for lstm and gru models"),
+    ('rnn', [], "a 'rnn' layer has no gates to show: gates works for lstm, gru, mingru, "
+     'minlstm, lnlstm and mogrifier models'),
     ('lstm', ['--text=Before we €'], "characters the model never saw in training: '€'"),
 ])
 def test_bad_input_is_one_line(tiny_config, tmp_path, cell, args, match):

@@ -212,5 +212,8 @@ def test_beam_search_from_the_command_line(workdir):
     greedy = sample.run(str(workdir), 'ROMEO:', 12, 0.0, out=out)[0]
     one = sample.run_beam(str(workdir), 'ROMEO:', 12, beam=1, out=io.StringIO())
     assert one[0][0] == greedy  # a beam of one is greedy decoding
-    proc = run(f'--workdir={workdir}', '--beam=2', '--num_samples=3')
-    assert_one_line_error(proc, 'a beam returns at most its width')
+    for args, match in ((['--beam=2', '--num_samples=3'], 'a beam returns at most its width'),
+                        (['--beam=0'], '--beam must be a width >= 1'),
+                        (['--beam=3', '--temperature=0.7', '--top_k=5'],
+                         'deterministic, so --temperature, --top_k would be ignored')):
+        assert_one_line_error(run(f'--workdir={workdir}', *args), match)
