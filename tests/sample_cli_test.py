@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli
 
 from charlm import checkpointing, sample, sampler, tokenizers, train
+from charlm.errors import CharLMError
 from configs import tiny
 
 pytestmark = pytest.mark.xdist_group('sample_cli')  # its module-scoped fixture: one worker
@@ -212,8 +213,9 @@ def test_beam_search_from_the_command_line(workdir):
     greedy = sample.run(str(workdir), 'ROMEO:', 12, 0.0, out=out)[0]
     one = sample.run_beam(str(workdir), 'ROMEO:', 12, beam=1, out=io.StringIO())
     assert one[0][0] == greedy  # a beam of one is greedy decoding
-    for args, match in ((['--beam=2', '--num_samples=3'], 'a beam returns at most its width'),
-                        (['--beam=0'], '--beam must be a width >= 1'),
-                        (['--beam=3', '--temperature=0.7', '--top_k=5'],
-                         'deterministic, so --temperature, --top_k would be ignored')):
-        assert_one_line_error(run(f'--workdir={workdir}', *args), match)
+    for kwargs, match in (({'beam': 2, 'num_samples': 3}, 'a beam returns at most its width'),
+                          ({'beam': 0}, '--beam must be a width >= 1')):
+        with pytest.raises(CharLMError, match=match):
+            sample.run_beam(str(workdir), 'ROMEO:', 12, **kwargs)
+    proc = run(f'--workdir={workdir}', '--beam=3', '--temperature=0.7', '--top_k=5')
+    assert_one_line_error(proc, 'deterministic, so --temperature, --top_k would be ignored')
