@@ -73,7 +73,7 @@ def corpus_stats(config: ml_collections.ConfigDict, top: int = 30) -> dict[str, 
 def report(stats: dict[str, Any]) -> str:
     s = stats
     kind = s['tokenizer']
-    counted = 'bytes' if kind == 'byte' else 'characters'
+    counted = tokenizers.text_units(kind)
     split = ', '.join(f'{k} {v:,}' for k, v in s['split_tokens'].items() if v)
     size = f'{s["characters"]:,} {counted}, {s["lines"]:,} lines'
     if kind == 'word':
@@ -86,7 +86,7 @@ def report(stats: dict[str, Any]) -> str:
                      f'{100 * s["unk_share"]:.2f}% of the word tokens read as <unk>')
     else:
         lines.append(f'vocabulary: {s["vocab_size"]} {counted}')
-    unit = {'char': 'characters', 'byte': 'bytes'}.get(kind, 'word tokens')
+    unit = 'word tokens' if kind == 'word' else counted
     lines.append(f'most frequent {unit} (count, share):')
     width = max(len(tokenizers.visible(t)) for t, _, _ in s['top'])
     for rank, (t, n, share) in enumerate(s['top'], 1):
@@ -116,7 +116,7 @@ def draw(stats: dict[str, Any], out: str) -> str:
             label.set_color('#b45309')
             label.set_fontweight('bold')
     ax.set_xlim(-0.6, len(top) - 0.4)
-    unit = {'char': 'characters', 'byte': 'bytes'}.get(stats['tokenizer'], 'word tokens')
+    unit = 'word tokens' if words else tokenizers.text_units(stats['tokenizer'])
     ax.set_ylabel(f'share of {unit} (%)')
     name = 'built-in Shakespeare' if stats['path'] in ('', data.BUILTIN) else \
         pathlib.Path(stats['path']).name

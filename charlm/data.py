@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from charlm import tokenizers
 from charlm.errors import CharLMError
 
 BUILTIN = 'builtin:shakespeare'
@@ -251,7 +252,7 @@ def load_corpus(config, tokenizer=None) -> Corpus:
     tokens = {k: TokenFile(prepared.path(k), meta['dtype'], v['tokens'])
               for k, v in prepared.splits.items()}
     chars = {k: v['predicted_characters'] for k, v in prepared.splits.items()}
-    unit = {'char': 'characters', 'byte': 'bytes'}.get(built.kind, 'words')
+    unit = 'words' if built.kind == 'word' else tokenizers.text_units(built.kind)
     for name in ('train', 'val'):
         check_length(name, tokens.get(name, np.zeros(0)), config.data.seq_len, unit)
     return Corpus(built, tokens, chars, meta)

@@ -35,7 +35,7 @@ def check_text(tokenizer: tokenizers.Tokenizer, text: str | bytes) -> None:
     naming them."""
     missing = tokenizer.unknown(text) if tokenizer.kind != 'word' else []
     if missing:
-        what = 'bytes' if tokenizer.kind == 'byte' else 'characters'
+        what = tokenizers.text_units(tokenizer.kind)
         raise CharLMError(f'the text has {what} the model never saw in training: '
                           f'{_show(missing)}')
 
@@ -57,11 +57,6 @@ def split_of(run: runs.Run, split: str) -> tuple[data.TokenFile, int]:
                           f'{d.test_fraction}, data.test_size={d.get("test_size", 0)}); use '
                           '--split=val or --text_file')
     return corpus.tokens[split], corpus.chars[split]
-
-
-def count_key(kind: str) -> str:
-    """What the report counts the text in: 'bytes' for a byte model, else 'characters'."""
-    return 'bytes' if kind == 'byte' else 'characters'
 
 
 def score(run: runs.Run, params, text: str | bytes, window: int | None = None
@@ -97,7 +92,8 @@ def score_ids(run: runs.Run, params, ids, chars: int, window: int | None = None
     metrics = train.evaluate(eval_fn, params, ids, window, layout, chars,
                              config.data.get('stateful', False), unit=per)
     return {
-        'tokenizer': tok.kind, count_key(tok.kind): chars, 'tokens': int(metrics['tokens']),
+        'tokenizer': tok.kind, tokenizers.text_units(tok.kind): chars,
+        'tokens': int(metrics['tokens']),
         'window': window,
         'loss': metrics['loss'], 'bits_per_token': metrics['bits_per_token'],
         f'bits_per_{per}': metrics[f'bits_per_{per}'], 'perplexity': metrics['perplexity'],
@@ -136,7 +132,8 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     if dynamic is not None:
         from charlm import dynamic as dynamic_lib
         out['dynamic'] = dynamic_lib.dynamic_evaluate(
-            run.model, params, ids, run.config.data.seq_len, chars=out[count_key(tok.kind)],
+            run.model, params, ids, run.config.data.seq_len,
+            chars=out[tokenizers.text_units(tok.kind)],
             unit=tokenizers.text_unit(tok.kind), **dynamic) | {'settings': dict(dynamic)}
     return out
 
@@ -144,7 +141,7 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
 def format_report(r: dict[str, Any]) -> str:
     unit = tokenizers.token_unit(r['tokenizer'])
     per = tokenizers.text_unit(r['tokenizer'])
-    counted = count_key(r['tokenizer'])
+    counted = tokenizers.text_units(r['tokenizer'])
     lines = [f'{r["workdir"]}: {r["checkpoint"]} checkpoint, step {r["step"]} ({r["cell"]}, '
              f'hidden {"x".join(map(str, r["hidden_sizes"]))})',
              f'{r["source"]}: {r[counted]:,} {counted}, {r["tokens"]:,} {unit} targets, '

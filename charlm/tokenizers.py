@@ -246,6 +246,11 @@ def token_unit(kind: str) -> str:
     return kind if kind in KINDS else 'token'
 
 
+def text_units(kind: str) -> str:
+    """What a text is counted in, in words: 'bytes' for a byte model, else 'characters'."""
+    return 'bytes' if kind == 'byte' else 'characters'
+
+
 def plural_unit(kind: str) -> str:
     """What throughput counts: 'chars', 'bytes' or (words) 'tokens'."""
     return {'char': 'chars', 'byte': 'bytes'}.get(kind, 'tokens')
