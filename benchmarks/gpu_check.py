@@ -283,7 +283,7 @@ def versions() -> dict:
     import jax
     cuda_versions = _try(lambda: importlib.import_module('jax._src.lib').cuda_versions)
     sys.path.insert(0, str(ROOT))
-    from charlm import train
+    from charlm import steps as steps_lib
     d = jax.devices()[0]
     out.update(
         backend=jax.default_backend(), devices=[f'{x.device_kind} ({x.platform})'
@@ -292,7 +292,7 @@ def versions() -> dict:
         jax_cuda={fn: _try(lambda fn=fn: getattr(cuda_versions, fn)()) for fn in (
             'cuda_runtime_get_version', 'cuda_driver_get_version', 'cudnn_get_version',
             'cudnn_build_version', 'cublas_get_version')},
-        charlm_has_cuda=_try(train._has_cuda),  # impl='cudnn' reads Device.client through it
+        charlm_has_cuda=_try(steps_lib._has_cuda),  # impl='cudnn' reads Device.client through it
         environment_info=jax.print_environment_info(return_string=True))
     if importlib.util.find_spec('torch') is None:
         return out | {'torch': None}
@@ -311,18 +311,19 @@ def train_losses(config_name: str, data_path: str | None, steps: int, precision:
     import jax
     if precision != 'default':
         jax.config.update('jax_default_matmul_precision', precision)
-    from charlm import data, train
+    from charlm import data
+    from charlm import steps as steps_lib
     config = importlib.import_module(f'configs.{config_name}').get_config()
     if data_path:
         config.data.path = data_path
     corpus = data.load_corpus(config)
-    model = train.make_model(config, corpus.tokenizer.vocab_size)
+    model = steps_lib.make_model(config, corpus.tokenizer.vocab_size)
     layout = data.Layout(config.batch_size, jax.device_count(), jax.local_device_count(),
                          jax.process_index())
     init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
-    state = train.create_state(model, train.make_optimizer(config), init_key)
-    state = train.to_devices(state, layout)
-    p_train, metrics = train.parallel_steps(model).train, []
+    state = steps_lib.create_state(model, steps_lib.make_optimizer(config), init_key)
+    state = steps_lib.to_devices(state, layout)
+    p_train, metrics = steps_lib.parallel_steps(model).train, []
     t0 = time.perf_counter()
     for step in range(steps):
         batch = data.train_batch(corpus.tokens['train'], config.data.seq_len, step,

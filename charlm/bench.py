@@ -4,7 +4,7 @@
   python -m charlm.bench --config=configs/shakespeare.py --config.model.hidden_size=512 \
       --config.model.embed_dim=128 --config.batch_size=32 --compare_torch --sample
 
-It times the real pmapped train step (`train.parallel_steps`) on every local device with
+It times the real pmapped train step (`steps_lib.parallel_steps`) on every local device with
 the config's global batch, on random tokens (vocab --vocab_size) unless --config.data.path
 names a file or --corpus is given, so it runs offline in seconds. --compare_torch runs the
 same model in PyTorch (benchmarks/torch_lstm.py) in a child process and adds the ratio.
@@ -33,8 +33,9 @@ from absl import app, flags
 from flax import jax_utils
 from ml_collections import config_flags
 
-from charlm import cli, data, sampler, train
+from charlm import cli, data, sampler
 from charlm import model as model_lib
+from charlm import steps as steps_lib
 from charlm.errors import CharLMError
 from charlm.procstats import cpu_count, peak_rss_mib, seconds_since_process_start
 
@@ -107,12 +108,12 @@ def bench_charlm(config: ml_collections.ConfigDict, *, steps: int = 20, repeats:
                          jax.process_index())
 
     t = time.perf_counter()
-    model = train.make_model(config, vocab)
+    model = steps_lib.make_model(config, vocab)
     init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
-    state = train.create_state(model, train.make_optimizer(config), init_key)
+    state = steps_lib.create_state(model, steps_lib.make_optimizer(config), init_key)
     params = model_lib.count_params(state.params)
     state = jax_utils.replicate(state)
-    p_steps = train.parallel_steps(model)
+    p_steps = steps_lib.parallel_steps(model)
     _block(state)
     init_s = time.perf_counter() - t
 
@@ -200,7 +201,7 @@ def bench_torch(config: ml_collections.ConfigDict, vocab_size: int, *, steps: in
     """The PyTorch twin of `config` in a child process (its own start-up and memory)."""
     check_torch(config)
     m = config.model
-    sizes = train.layer_sizes(config)
+    sizes = steps_lib.layer_sizes(config)
     with tempfile.TemporaryDirectory() as tmp:
         out_path = pathlib.Path(tmp) / 'torch.json'
         cmd = [sys.executable, str(TORCH_SCRIPT), f'--vocab_size={vocab_size}',
@@ -251,7 +252,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, repeats: int = 3,
         'host': f'{platform.node()}, {cpu_count()} CPUs, {platform.platform()}',
         'code': code_version(),
         'model': {'cell': m.cell, 'embed_dim': m.embed_dim,
-                  'hidden_sizes': list(train.layer_sizes(config)),
+                  'hidden_sizes': list(steps_lib.layer_sizes(config)),
                   'dropout_rate': m.dropout_rate, 'unroll': m.unroll, 'dtype': m.dtype,
                   'vocab_size': ours['vocab_size']},
         'batch_size': config.batch_size, 'seq_len': config.data.seq_len,

@@ -20,11 +20,13 @@ import pathlib
 import shutil
 import sys
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from charlm import model as model_lib
 from charlm.errors import CharLMError
@@ -214,6 +216,39 @@ class Checkpoints:
                 mngr.close()
             except Exception:  # a failed save, already reported by save() or wait()
                 pass
+
+
+def resume(ckpts: Checkpoints, restore: Callable[[dict, int], Any]
+           ) -> tuple[int | None, dict, Any]:
+    """The newest intact latest save, restored: (its step, its JSON, `restore(json, step)`),
+    or (None, {}, None) when the workdir has none.
+
+    A damaged save (`restore` raises DamagedCheckpoint) is set aside and the one before it
+    tried; so is a best save newer than the step resumed from (a run killed between that
+    best save and its next latest one, or a damaged latest one): it is from steps the run
+    does again, kept out of the way of its own best saves. Every save damaged is an error.
+    """
+    damaged, step, saved, restored = [], None, {}, None
+    for candidate in sorted(ckpts.latest.all_steps(), reverse=True):
+        try:
+            saved = ckpts.read_json(candidate)
+            restored = restore(saved, candidate)
+        except DamagedCheckpoint as e:
+            damaged.append((candidate, e))
+            continue
+        step = candidate
+        break
+    if damaged and step is None:
+        raise CharLMError(f'every checkpoint in {ckpts.workdir}/checkpoints is damaged '
+                          f'(newest: {damaged[0][1]}): use a new --workdir')
+    for bad_step, e in damaged:  # kept, out of the way of this run's saves
+        logging.warning('%s; moved to %s; resuming from step %d instead', e,
+                        ckpts.set_aside(bad_step), step)
+    for best_step in ckpts.best.all_steps() if step is not None else ():
+        if best_step > step:
+            logging.warning('best checkpoint of step %d (after step %d) moved to %s',
+                            best_step, step, ckpts.set_aside(best_step, best=True))
+    return step, (saved if step is not None else {}), restored
 
 
 def _model_fields(config) -> dict:

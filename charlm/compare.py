@@ -32,13 +32,14 @@ from ml_collections import config_flags
 
 from charlm import checkpointing, cli, metric_writer, plot, runs, tokenizers, train
 from charlm import model as model_lib
+from charlm import steps as steps_lib
 from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError, Stopped
 
 
 def count_parameters(config: ml_collections.ConfigDict, vocab_size: int) -> int:
     """The model's parameter count, from shapes only (nothing is computed)."""
-    model = train.make_model(config, vocab_size, portable=True)  # shapes only
+    model = steps_lib.make_model(config, vocab_size, portable=True)  # shapes only
     shapes = jax.eval_shape(model.init, jax.random.key(0), model.init_carry(1),
                             jnp.zeros((1, 1), jnp.int32))
     return model_lib.count_params(shapes['params'])
@@ -112,7 +113,7 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
     rate = statistics.median(rates[1:] if len(rates) > 1 else rates) if rates else float('nan')
     return {
         'variant': name, 'cell': config.model.cell, 'workdir': str(workdir),
-        'hidden_sizes': list(train.layer_sizes(config)),
+        'hidden_sizes': list(steps_lib.layer_sizes(config)),
         'parameters': count_parameters(config, vocab),
         'train_loss': _last(scalars, 'train/loss', n), 'val_loss': _last(scalars, 'val/loss', n),
         f'val_bits_per_{per}': _last(scalars, f'val/bits_per_{per}', n),
@@ -133,7 +134,7 @@ def _units(config) -> tuple[str, str]:
 def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> str:
     unit, per = _units(config)
     m = config.model
-    sizes = train.layer_sizes(config)
+    sizes = steps_lib.layer_sizes(config)
     lines = [
         f'Same data ({config.data.path}, {config.data.tokenizer} tokens), seed {config.seed}, '
         f'{config.num_train_steps} steps of {config.batch_size} x {config.data.seq_len} tokens, '
@@ -177,7 +178,7 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
     configs = {name: variant_config(config, o, steps) for name, o in variants.items()}
     for c in configs.values():  # every variant builds, before any trains
         train.check_config(c)
-        train.make_model(c, 2)
+        steps_lib.make_model(c, 2)
     out_dir = workdir_lib.check_workdir(out)
     rows = []
     for name, c in configs.items():

@@ -368,7 +368,7 @@ def eval_batches(tokens, seq_len: int, layout: Layout, max_tokens: int = 0
         win, real = _windows(tokens, starts, seq_len + 1)
         weights = real[:, 1:].astype(np.float32)
         yield {'inputs': layout.shard(win[:, :-1]), 'targets': layout.shard(win[:, 1:]),
-               'weights': layout.shard(weights)}
+               'weights': layout.shard(weights), 'starts': starts}
 
 
 def stream_steps(num_tokens: int, seq_len: int, global_batch: int) -> int:
@@ -411,6 +411,7 @@ def stateful_eval_batches(tokens, seq_len: int, layout: Layout, max_tokens: int 
     stream_len = -(-per_stream // seq_len) * seq_len
     stream_starts = (np.arange(n) * stream_len)[layout.local_rows]
     for k in range(windows):
-        win, real = _windows(tokens, stream_starts + k * seq_len, seq_len + 1)
+        starts = stream_starts + k * seq_len
+        win, real = _windows(tokens, starts, seq_len + 1)
         yield {'inputs': layout.shard(win[:, :-1]), 'targets': layout.shard(win[:, 1:]),
-               'weights': layout.shard(real[:, 1:].astype(np.float32))}
+               'weights': layout.shard(real[:, 1:].astype(np.float32)), 'starts': starts}

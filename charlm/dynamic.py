@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm import data, train  # the loss is training's (train._nll)
+from charlm import data, steps  # the loss is training's (steps._nll)
 from charlm.errors import CharLMError
 
 RULES = ('sgd', 'rms')
@@ -30,7 +30,8 @@ RULES = ('sgd', 'rms')
 def windows(tokens: np.ndarray, seq_len: int, streams: int) -> dict[str, np.ndarray]:
     """The stateful evaluation's batches stacked: {'inputs', 'targets', 'weights'}: [W, S, T]."""
     batches = list(data.stateful_eval_batches(tokens, seq_len, data.Layout(streams, 1, 1)))
-    return {k: np.stack([b[k][0] for b in batches]) for k in batches[0]}
+    keys = ('inputs', 'targets', 'weights')
+    return {k: np.stack([b[k][0] for b in batches]) for k in keys}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'rule'))
@@ -41,7 +42,7 @@ def adapt(model, params, windows_WxSxT: dict, lr: float, decay: float, *, rule: 
         theta, ms, t, carry = loop
 
         def loss_fn(p):
-            new_carry, nll_BxT = train._nll(model, p, carry, window, False)
+            new_carry, nll_BxT = steps._nll(model, p, carry, window, False)
             nll = (nll_BxT * window['weights']).sum()
             return nll / jnp.maximum(window['weights'].sum(), 1.0), (nll, new_carry)
 
@@ -75,5 +76,5 @@ def dynamic_evaluate(model, params, tokens: np.ndarray, seq_len: int, *, lr: flo
     w = windows(tokens, seq_len, streams)
     nll_W, count_W, _ = adapt(model, jax.device_put(params), w, float(lr), float(decay),
                               rule=rule)
-    return train.loss_metrics(float(np.asarray(nll_W, np.float64).sum()),
+    return steps.loss_metrics(float(np.asarray(nll_W, np.float64).sum()),
                               float(np.asarray(count_W, np.float64).sum()), chars, unit)

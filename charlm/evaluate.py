@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from flax import jax_utils
 
-from charlm import cli, data, runs, tokenizers, train
+from charlm import cli, data, runs, steps, tokenizers
 from charlm.errors import CharLMError
 from charlm.tokenizers import _show
 
@@ -59,8 +59,8 @@ def split_of(run: runs.Run, split: str) -> tuple[data.TokenFile, int]:
     return corpus.tokens[split], corpus.chars[split]
 
 
-def score(run: runs.Run, params, text: str | bytes, window: int | None = None
-          ) -> dict[str, Any]:
+def score(run: runs.Run, params, text: str | bytes, window: int | None = None,
+          token_losses: bool = False) -> dict[str, Any]:
     """Loss per token (nats), bits per token and per character, perplexity, over `text`.
 
     Characters outside a char model's vocabulary are an error naming them; words outside
@@ -71,27 +71,29 @@ def score(run: runs.Run, params, text: str | bytes, window: int | None = None
     ids = tok.encode(text)
     chars = (len(ids) - 1 if tok.kind == 'byte'
              else data.predicted_chars(tok, text))  # all but the first token's, as training
-    out = score_ids(run, params, ids, chars, window)
+    out = score_ids(run, params, ids, chars, window, token_losses)
     if tok.kind == 'word':
         out.update(unknown_tokens=int(np.sum(ids == 0)), unknown_words=tok.unknown(text)[:20])
     return out
 
 
-def score_ids(run: runs.Run, params, ids, chars: int, window: int | None = None
-              ) -> dict[str, Any]:
-    """`score` of token ids (an array or a prepared split) predicting `chars` characters."""
+def score_ids(run: runs.Run, params, ids, chars: int, window: int | None = None,
+              token_losses: bool = False) -> dict[str, Any]:
+    """`score` of token ids (an array or a prepared split) predicting `chars` characters;
+    with `token_losses`, also each predicted token's loss (float32[len(ids) - 1])."""
     tok, config = run.tokenizer, run.config
     if len(ids) < 2:
         raise CharLMError(f'the text has {len(ids)} tokens; scoring needs at least 2')
     # The same eval batch as training's validation: same windows, same sums.
     layout = data.eval_layout(config.eval_batch_size)
-    eval_fn = train.parallel_steps(run.model).eval  # cached: compiled once per model
+    eval_fn = steps.parallel_steps(run.model).eval  # cached: compiled once per model
     params = jax_utils.replicate(params)
     window = window or config.data.seq_len
     per = tokenizers.text_unit(tok.kind)
-    metrics = train.evaluate(eval_fn, params, ids, window, layout, chars,
-                             config.data.get('stateful', False), unit=per)
-    return {
+    losses = np.full(len(ids) - 1, np.nan, np.float32) if token_losses else None
+    metrics = steps.evaluate(eval_fn, params, ids, window, layout, chars,
+                             config.data.get('stateful', False), unit=per, token_losses=losses)
+    return ({'token_losses': losses} if token_losses else {}) | {
         'tokenizer': tok.kind, tokenizers.text_units(tok.kind): chars,
         'tokens': int(metrics['tokens']),
         'window': window,
@@ -124,7 +126,7 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
         split = split or 'val'
         ids, chars = split_of(run, split)
         source = f'{split} split of {run.config.data.path}'
-    params = run.params()
+    params = run.params
     scores = score(run, params, text, window) if text_file else score_ids(
         run, params, ids, chars, window)
     out = {'workdir': workdir, 'checkpoint': run.which, 'step': run.step, 'source': source,

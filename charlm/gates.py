@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import linen as nn
 
-from charlm import cli, plot, runs, tokenizers, train
+from charlm import cli, plot, runs, steps, tokenizers
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -152,7 +152,7 @@ def draw(acts: dict[str, np.ndarray], labels: list[str], units: int, out: str,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    panels = [k for k in acts if k not in ('logits', 'model_logits')]
+    panels = [k for k in acts if k not in ('logits', 'model_logits', 'ids')]
     n_units = min(units, acts[panels[0]].shape[1]) if units > 0 else acts[panels[0]].shape[1]
     n_tok = len(labels)
     words = max(len(s) for s in labels) > 1
@@ -189,38 +189,47 @@ def unescape(text: str) -> str:
     return re.sub(r'\\([nt\\])', lambda m: {'n': '\n', 't': '\t', '\\': '\\'}[m.group(1)], text)
 
 
+def capture_text(run: runs.Run, text: str, layer: int = 0, max_tokens: int | None = None
+                 ) -> dict[str, np.ndarray]:
+    """`capture` of a run on `text` (its first `max_tokens` tokens, if given): the one
+    path of `charlm.gates` and `run.gates(text)`. Every check comes before the restore."""
+    from charlm import evaluate
+
+    check_cell(run.config.model.cell)
+    check_layer(layer, len(steps.layer_sizes(run.config)))
+    tok = run.tokenizer
+    evaluate.check_text(tok, text)
+    ids = tok.encode(text, warn=True) if tok.kind == 'word' else tok.encode(text)
+    if len(ids) == 0:
+        raise CharLMError('the text is empty')
+    if max_tokens is not None and len(ids) > max_tokens:
+        logging.warning('showing the first %d of %d tokens (--max_tokens)', max_tokens, len(ids))
+        ids = ids[:max_tokens]
+    acts = capture(run.model, run.params, jnp.asarray(ids)[None], layer)
+    diff = float(np.abs(acts['logits'] - acts['model_logits']).max())
+    if diff > 1e-3 * max(1.0, float(np.abs(acts['model_logits']).max())):
+        logging.warning('the stepped cells reproduce the model\'s logits only to %.2g: the '
+                        'model has changed in a way charlm.gates does not follow', diff)
+    acts['ids'] = np.asarray(ids)
+    return acts
+
+
 def gates(workdir: str, text: str, out: str, layer: int = 0, units: int = 16,
           step: int | None = None, max_tokens: int = 200) -> dict[str, np.ndarray]:
     """Restores the checkpoint, captures layer `layer` on `text` and writes the figure."""
-    from charlm import evaluate
-
     out = str(cli.check_output(out, cli.figure_formats()))
     if units < 0:
         raise CharLMError(f'--units={units}: need 0 (all) or more')
     if max_tokens < 1:
         raise CharLMError(f'--max_tokens={max_tokens}: need at least 1')
     run = runs.find(workdir, step)
-    check_cell(run.config.model.cell)  # errors first, before the slow restore
-    tok = run.tokenizer
-    evaluate.check_text(tok, text)
-    ids = tok.encode(text, warn=True) if tok.kind == 'word' else tok.encode(text)
-    if len(ids) == 0:
-        raise CharLMError('the text is empty')
-    if len(ids) > max_tokens:
-        logging.warning('showing the first %d of %d tokens (--max_tokens)', max_tokens, len(ids))
-        ids = ids[:max_tokens]
-    check_layer(layer, len(train.layer_sizes(run.config)))
-    acts = capture(run.model, run.params(), jnp.asarray(ids)[None], layer)
-    diff = float(np.abs(acts['logits'] - acts['model_logits']).max())
-    if diff > 1e-3 * max(1.0, float(np.abs(acts['model_logits']).max())):
-        logging.warning('the stepped cells reproduce the model\'s logits only to %.2g: the '
-                        'model has changed in a way charlm.gates does not follow', diff)
+    acts = capture_text(run, text, layer, max_tokens)
     m = run.model
     size = m.hidden_sizes[layer]
     title = (f'{m.cell.upper()} layer {layer} of {len(m.hidden_sizes)} '
              f'({size} units, first {min(units or size, size)} shown)'
              f' - {pathlib.Path(workdir).name}, step {run.step}')
-    draw(acts, token_labels(tok, ids), units, out, title)
+    draw(acts, token_labels(run.tokenizer, acts['ids']), units, out, title)
     return acts
 
 

@@ -12,6 +12,7 @@ before any array is read or anything compiles. Nothing here writes to the workdi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
 
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from charlm import checkpointing, tokenizers, train
+from charlm import checkpointing, steps, tokenizers
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -54,11 +55,43 @@ class Run:
         tok = self.tokenizer
         return f'{self.where} ({tok.kind} model, {tok.vocab_size} tokens{loss})'
 
-    def params(self, device_put: bool = False):
-        """The parameters as host arrays (or on this machine's default device)."""
-        params = restore_params(str(self.workdir), self.config, self.model, self.step,
-                                      self.best)
-        return jax.device_put(params) if device_put else params
+    @functools.cached_property
+    def params(self):
+        """The parameters (their moving average where the run kept one), read at first use
+        and then kept, on this machine's default device."""
+        return jax.device_put(restore_params(str(self.workdir), self.config, self.model,
+                                             self.step, self.best))
+
+    # -------------------------------------------------------------- the Python API
+
+    def sample(self, prompt: str = '', length: int = 200, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
+               start: str = '\n') -> str | list[str]:
+        """prompt + a sampled continuation of `length` tokens (a list for num_samples > 1):
+        the text `charlm.sample` prints for the same settings and seed. temperature=0 is
+        greedy decoding."""
+        from charlm import sampler
+        sampler.check_options(length, temperature, top_k, top_p, num_samples,
+                              self.tokenizer.vocab_size)
+        texts = sampler.sample_text(self.model, self.params, self.tokenizer, prompt, length,
+                                    jax.random.key(seed), start=start, num_samples=num_samples,
+                                    temperature=temperature, top_k=top_k, top_p=top_p)
+        texts = [prompt + t for t in texts]
+        return texts if num_samples > 1 else texts[0]
+
+    def score(self, text: str | bytes, window: int | None = None) -> dict:
+        """`charlm.evaluate --json`'s figures for `text` (loss in nats per token,
+        bits_per_char or bits_per_byte, perplexity, ...) and 'token_losses': float32[N],
+        the loss of each of its N predicted tokens in order. Windows of `window` tokens
+        (default: training's), each from a zero state unless the run is stateful."""
+        from charlm import evaluate
+        return evaluate.score(self, self.params, text, window, token_losses=True)
+
+    def gates(self, text: str, layer: int = 0) -> dict[str, np.ndarray]:
+        """Gate activations and state of layer `layer` over `text` (read from a zero state),
+        each float32[T, H]: what `charlm.gates` draws."""
+        from charlm import gates
+        return gates.capture_text(self, text, layer)
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
@@ -70,7 +103,7 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step:
     """
     carry = config.batch_size if config.data.get('stateful', False) else 0
     shapes = jax.eval_shape(
-        lambda: train.create_state(model, train.make_optimizer(config), jax.random.key(0), carry,
+        lambda: steps.create_state(model, steps.make_optimizer(config), jax.random.key(0), carry,
                                    config.get('ema_decay', 0.0)))
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     ckpts = checkpointing.Checkpoints(workdir, create=False)
@@ -138,7 +171,7 @@ def find(workdir: str, step: int | None = None) -> Run:
     try:
         tokenizer = tokenizers.from_json(saved['tokenizer'])
         config = ml_collections.ConfigDict(saved['config'])
-        model = train.make_model(config, tokenizer.vocab_size, portable=True)
+        model = steps.make_model(config, tokenizer.vocab_size, portable=True)
     except CharLMError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as e:

@@ -84,7 +84,7 @@ def run_beam(workdir: str, prompt: str = '', length: int = 500, beam: int = 5,
     tokenizer, model = saved.tokenizer, saved.model
     sampler.check_options(length, 0.0, 0, 1.0, 1, tokenizer.vocab_size, prefix='--')
     prompt_ids = sampler.encode_prompt(tokenizer, prompt, start)
-    params = saved.params(device_put=True)
+    params = saved.params
     logging.info('beam search, width %d, %d %s from %s', beam, length,
                  tokenizers.plural_unit(tokenizer.kind), saved.describe())
     ids_KxL, logp_K = sampler.beam_search(model, params, prompt_ids, length, beam)
@@ -124,7 +124,7 @@ def run(workdir: str, prompt: str = '', length: int = 500,
         prompt_ids = sampler.encode_prompt(tokenizer, prompt, start, warn=True)
     for w in caught:
         logging.warning('%s', w.message)
-    params = saved.params(device_put=True)  # the slow part, after every check that needs no arrays
+    params = saved.params  # the slow part, after every check that needs no arrays
     devices = jax.devices()
     logging.info('sampling %d x %d %s from %s on %s (%d device%s here)', len(temps) * num_samples,
                  length, tokenizers.plural_unit(tokenizer.kind), saved.describe(),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from charlm import bench, train
+from charlm import bench, steps
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -50,7 +50,7 @@ def test_bad_counts_are_command(tiny_config):
 
 
 def test_bad_sample_settings_fail_before_timing(tiny_config, monkeypatch):
-    monkeypatch.setattr(train, 'make_model', None)  # were anything timed, this would fail
+    monkeypatch.setattr(steps, 'make_model', None)  # were anything timed, this would fail
     for kw in (dict(sample_streams=(1, 0)), dict(sample_length=0)):
         with pytest.raises(CharLMError, match='need sample_length >= 1 and sample_streams >= 1'):
             bench.run(tiny_config, sample=True, **kw)
@@ -70,7 +70,7 @@ def test_torch_baseline_and_ratio(tiny_config):
         assert _positive(theirs[key]), (key, theirs[key])
     assert _positive(theirs['sample_chars_per_s']['2'])
     # The same model: torch's LSTM only adds a second bias vector (4H) per layer.
-    model = train.make_model(tiny_config, 65)
+    model = steps.make_model(tiny_config, 65)
     shapes = jax.eval_shape(model.init, jax.random.key(0), model.init_carry(1),
                             jnp.zeros((1, 1), jnp.int32))
     assert theirs['params'] - model_lib.count_params(shapes['params']) == 2 * 4 * 16

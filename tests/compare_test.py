@@ -12,7 +12,7 @@ import signal
 import pytest
 from conftest import run_cli
 
-from charlm import checkpointing, compare, evaluate, metric_writer, train
+from charlm import checkpointing, compare, evaluate, metric_writer, steps, train
 from charlm.errors import CharLMError, Stopped
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def test_variants_parse_and_override_any_field(tiny_config):
     assert name == 'deep' and o == {'model.hidden_sizes': (16, 16, 8), 'model.num_layers': 3,
                                     'model.variational_dropout': True, 'learning_rate': 0.01}
     c = compare.variant_config(tiny_config, o, steps=None)
-    assert train.layer_sizes(c) == (16, 16, 8) and c.learning_rate == 0.01
+    assert steps.layer_sizes(c) == (16, 16, 8) and c.learning_rate == 0.01
     assert compare.parse_variant('standard:') == ('standard', {})
     with pytest.raises(CharLMError, match='unknown config key model.hiden_size'):
         compare.variant_config(tiny_config, {'model.hiden_size': 3}, None)

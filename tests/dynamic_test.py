@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
-from charlm import data, dynamic, train
+from charlm import data, dynamic, steps
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -21,7 +21,7 @@ def _model_and_params():
 def test_lr_zero_scores_what_the_stateful_evaluation_scores():
     m, params = _model_and_params()
     tokens = np.random.default_rng(0).integers(0, V, 3001).astype(np.int32)
-    static = train.evaluate(train.parallel_steps(m).eval, jax_utils.replicate(params), tokens,
+    static = steps.evaluate(steps.parallel_steps(m).eval, jax_utils.replicate(params), tokens,
                             16, data.Layout(4, 4, 4), stateful=True)
     same = dynamic.dynamic_evaluate(m, params, tokens, 16, lr=0.0, streams=4)
     assert same['tokens'] == static['tokens'] == 3000

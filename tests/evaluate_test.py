@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import SHAKESPEARE_LIKE, assert_one_line_error, run_cli
 
-from charlm import checkpointing, evaluate, metric_writer, runs, tokenizers, train
+from charlm import checkpointing, evaluate, metric_writer, runs, steps, tokenizers, train
 from charlm.errors import CharLMError
 from charlm.tokenizers import WordTokenizer
 
@@ -73,7 +73,7 @@ def test_evaluate_reproduces_the_logged_val_loss(trained):
 
 def test_restored_word_model_has_the_per_layer_shapes(trained):
     restored = runs.find(trained[0])
-    p, vocab = restored.params(), restored.tokenizer.vocab_size
+    p, vocab = restored.params, restored.tokenizer.vocab_size
     assert restored.tokenizer.kind == 'word' and restored.model.hidden_sizes == (16, 12)
     assert p['lstm_0']['ii']['kernel'].shape == (8, 16)
     assert p['lstm_1']['ii']['kernel'].shape == (16, 12)
@@ -115,9 +115,9 @@ def test_bad_input_in_process(trained):
 def _char_checkpoint(workdir, config):
     """A char-model checkpoint as training writes it, with random parameters (no compile)."""
     tok = tokenizers.CharTokenizer.from_text(SHAKESPEARE_LIKE)
-    model = train.make_model(config, tok.vocab_size)
-    tx = train.make_optimizer(config)
-    abstract = jax.eval_shape(lambda: train.create_state(model, tx, jax.random.key(0)))
+    model = steps.make_model(config, tok.vocab_size)
+    tx = steps.make_optimizer(config)
+    abstract = jax.eval_shape(lambda: steps.create_state(model, tx, jax.random.key(0)))
     state = jax.tree.map(lambda x: np.full(x.shape, 0.1, x.dtype), abstract)
     ckpts = checkpointing.Checkpoints(str(workdir))
     ckpts.save(3, state, tok.to_json(), config.to_dict(), {})

@@ -62,16 +62,16 @@ SIGTERM_IN_EVAL = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from configs import tiny
-from charlm import cli, errors, train
+from charlm import cli, errors, steps, train
 cli.compilation_cache()  # the tests' cache (CHARLM_COMPILATION_CACHE), as the commands do
-real = train.evaluate
+real = steps.evaluate
 
 def evaluate(*args, **kwargs):  # preempted in the middle of the evaluation at step 20
     out = real(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGTERM)
     return out
 
-train.evaluate = evaluate
+steps.evaluate = evaluate
 c = tiny.get_config()
 c.data.path, c.num_train_steps = {corpus!r}, 1000
 c.eval_every_steps, c.checkpoint_every_steps = 20, 1000

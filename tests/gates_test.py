@@ -8,7 +8,7 @@ import pytest
 from cells_test import np_step
 from conftest import run_cli
 
-from charlm import checkpointing, gates, tokenizers, train
+from charlm import checkpointing, gates, steps, tokenizers
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -132,9 +132,9 @@ def test_labels_and_escapes():
 def _save_checkpoint(workdir, config, text):
     """A checkpoint as training writes it, with random parameters (no training, no compile)."""
     tok = tokenizers.CharTokenizer.from_text(text)
-    model = train.make_model(config, tok.vocab_size)
-    tx = train.make_optimizer(config)
-    state = _random_like(jax.eval_shape(lambda: train.create_state(model, tx, jax.random.key(0))))
+    model = steps.make_model(config, tok.vocab_size)
+    tx = steps.make_optimizer(config)
+    state = _random_like(jax.eval_shape(lambda: steps.create_state(model, tx, jax.random.key(0))))
     ckpts = checkpointing.Checkpoints(str(workdir))
     ckpts.save(5, state, tok.to_json(), config.to_dict(), {}, best=True)
     ckpts.wait()

@@ -103,7 +103,7 @@ def test_lazy_eval_batches_equal_the_padded_ones():
             _old_eval_batches(tokens, 10, layout))
         assert len(new) == len(old)
         for a, b in zip(new, old, strict=True):
-            for k in a:
+            for k in b:  # and 'starts', where each row's window begins
                 np.testing.assert_array_equal(a[k], b[k])
 
 

@@ -9,7 +9,7 @@ import jax
 import pytest
 from conftest import run_cli
 
-from charlm import checkpointing, sample, sampler, tokenizers, train
+from charlm import checkpointing, sample, sampler, steps, tokenizers, train
 from charlm.errors import CharLMError
 from configs import tiny
 
@@ -102,8 +102,8 @@ def test_word_model_warns_about_unknown_words(tmp_path, caplog):
     config = make_config(tmp_path)
     config.data.tokenizer = 'word'
     tok = tokenizers.WordTokenizer.from_text(TEXT)
-    model = train.make_model(config, tok.vocab_size)
-    state = train.create_state(model, train.make_optimizer(config), jax.random.key(0))
+    model = steps.make_model(config, tok.vocab_size)
+    state = steps.create_state(model, steps.make_optimizer(config), jax.random.key(0))
     ckpts = checkpointing.Checkpoints(str(tmp_path / 'words'))
     ckpts.save(1, state, tok.to_json(), config.to_dict(), {})  # untrained is enough here
     ckpts.wait()
@@ -219,3 +219,67 @@ def test_beam_search_from_the_command_line(workdir):
             sample.run_beam(str(workdir), 'ROMEO:', 12, **kwargs)
     proc = run(f'--workdir={workdir}', '--beam=3', '--temperature=0.7', '--top_k=5')
     assert_one_line_error(proc, 'deterministic, so --temperature, --top_k would be ignored')
+
+
+# ------------------------------------------------------------------ the Python API
+
+
+def test_load_is_the_commands_way_to_use_a_run(workdir, tmp_path):
+    """charlm.load(workdir): sample, score and gates give what the commands give."""
+    import numpy as np
+
+    import charlm
+    from charlm import evaluate, gates
+
+    run = charlm.load(str(workdir))
+    assert (run.step, run.config.model.cell, run.tokenizer.kind) == (20, 'lstm', 'char')
+    assert charlm.load(str(workdir), step=10).step == 10
+    assert jax.tree.structure(run.params) == jax.tree.structure(
+        run.model.init(jax.random.key(0), run.model.init_carry(1),
+                       np.zeros((1, 2), np.int32))['params'])
+
+    out = io.StringIO()
+    printed = sample.run(str(workdir), prompt='ROMEO:', length=30, temperature=(0.7,),
+                         num_samples=2, seed=4, out=out)
+    assert run.sample('ROMEO:', 30, temperature=0.7, num_samples=2, seed=4) == printed
+    one = run.sample('ROMEO:', 30, temperature=0.7, seed=4)
+    assert isinstance(one, str) and one == printed[0] and one.startswith('ROMEO:')
+    assert run.sample('RO', 20, temperature=0) == run.sample('RO', 20, temperature=0, seed=9)
+
+    text = TEXT[:700]
+    path = tmp_path / 'held_out.txt'
+    path.write_text(text, encoding='utf-8')
+    scored = run.score(text, window=48)
+    command = evaluate.evaluate(str(workdir), text_file=str(path), window=48)
+    for key in ('loss', 'bits_per_char', 'perplexity', 'characters', 'tokens'):
+        assert scored[key] == command[key], key
+    losses = scored['token_losses']
+    assert losses.shape == (len(text) - 1,) and np.isfinite(losses).all()
+    np.testing.assert_allclose(losses.mean(), scored['loss'], rtol=1e-5)
+    # Each window starts from zero: the first target of the second window has the same
+    # loss whatever came before it, so a text starting there scores it the same.
+    again = run.score(text[48:], window=48)['token_losses']
+    np.testing.assert_allclose(again[:48], losses[48:96], rtol=1e-5, atol=1e-6)
+
+    acts = run.gates('ROMEO: But soft')
+    assert acts['forget'].shape == (15, run.model.hidden_sizes[0])
+    drawn = gates.gates(str(workdir), 'ROMEO: But soft', str(tmp_path / 'g.png'))
+    np.testing.assert_array_equal(acts['forget'], drawn['forget'])
+    with pytest.raises(CharLMError, match='layer'):
+        run.gates('ROMEO', layer=7)
+
+
+def test_import_charlm_is_fast_and_quiet():
+    """`import charlm` loads no JAX and defines no flags; load() is where they come in."""
+    import subprocess
+    import sys
+
+    code = ('import sys, charlm; from absl import flags; '
+            'print(sorted(m for m in ("jax", "flax", "optax") if m in sys.modules), '
+            'len(list(flags.FLAGS)))')
+    before = subprocess.run([sys.executable, '-c', 'from absl import flags; '
+                             'print(len(list(flags.FLAGS)))'], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()[-1]
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == f'[] {before}' and not out.stderr

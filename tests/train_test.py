@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
-from charlm import checkpointing, data, metric_writer, train, workdir
+from charlm import checkpointing, data, metric_writer, steps, train, workdir
 from charlm.errors import CharLMError
 
 
 def _setup(config, seed=0):
     corpus = data.load_corpus(config)
-    model = train.make_model(config, corpus.tokenizer.vocab_size)
-    state = train.create_state(model, train.make_optimizer(config), jax.random.key(seed))
+    model = steps.make_model(config, corpus.tokenizer.vocab_size)
+    state = steps.create_state(model, steps.make_optimizer(config), jax.random.key(seed))
     return corpus, model, state
 
 
@@ -29,11 +29,11 @@ def _global_batch(corpus, config, step=0):
 def test_pmapped_step_on_four_devices(tiny_config):
     assert jax.local_device_count() == 4
     corpus, model, state = _setup(tiny_config)
-    steps = train.parallel_steps(model)
+    pst = steps.parallel_steps(model)
     before = jax.device_get(state.params)
     layout = data.Layout(tiny_config.batch_size, 4, 4)
     batch = data.train_batch(corpus.tokens['train'], tiny_config.data.seq_len, 0, 0, layout)
-    new, metrics = steps.train(jax_utils.replicate(state), batch, jax.random.key(1))
+    new, metrics = pst.train(jax_utils.replicate(state), batch, jax.random.key(1))
     loss = float(metrics['nll_sum'][0] / metrics['count'][0])
     assert np.isfinite(loss) and metrics['count'][0] == tiny_config.batch_size * 16
     for leaf in jax.tree.leaves(new.params):  # replicas identical after the pmean
@@ -46,15 +46,15 @@ def test_four_devices_equal_one_with_the_same_global_batch(tiny_config):
     tiny_config.learning_rate = 0.05  # a large step makes any mismatch visible
     corpus, model, state = _setup(tiny_config)
     batch = _global_batch(corpus, tiny_config)
-    one = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    one = jax.jit(functools.partial(steps.train_step, model=model, axis_name=None))
     s1, m1 = one(state, batch, jax.random.key(1))
     s1, m1 = one(s1, _global_batch(corpus, tiny_config, 1), jax.random.key(1))
-    steps = train.parallel_steps(model)
+    pst = steps.parallel_steps(model)
     layout = data.Layout(tiny_config.batch_size, 4, 4)
     s4 = jax_utils.replicate(state)
     for step in range(2):
         b = data.train_batch(corpus.tokens['train'], 16, step, 0, layout)
-        s4, m4 = steps.train(s4, b, jax.random.key(1))
+        s4, m4 = pst.train(s4, b, jax.random.key(1))
     np.testing.assert_allclose(m1['nll_sum'], m4['nll_sum'][0], rtol=1e-5)
     np.testing.assert_allclose(m1['grad_norm'], m4['grad_norm'][0], rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[0], rtol=1e-4, atol=1e-6),
@@ -66,7 +66,7 @@ def test_golden_loss_after_one_step(tiny_config):
     corpus, model, state = _setup(tiny_config)
     assert corpus.tokenizer.vocab_size == 35
     batch = _global_batch(corpus, tiny_config)
-    step = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    step = jax.jit(functools.partial(steps.train_step, model=model, axis_name=None))
     state, metrics = step(state, batch, jax.random.key(1))
     first = float(metrics['nll_sum'] / metrics['count'])
     _, metrics = step(state, batch, jax.random.key(1))
@@ -80,10 +80,10 @@ GOLDEN = (3.5466, 3.5422)
 def test_eval_is_exact_and_device_count_independent(tiny_config):
     corpus, model, state = _setup(tiny_config)
     val = corpus.tokens['val']
-    e4 = train.evaluate(train.parallel_steps(model).eval, jax_utils.replicate(state.params),
+    e4 = steps.evaluate(steps.parallel_steps(model).eval, jax_utils.replicate(state.params),
                         val, 16, data.Layout(8, 4, 4))
     # Reference: the whole validation split, window by window, on one device.
-    eval_one = jax.jit(functools.partial(train.eval_step, model=model))
+    eval_one = jax.jit(functools.partial(steps.eval_step, model=model))
     nll = count = 0.0
     for b in data.eval_batches(val, 16, data.Layout(3, 1, 1)):
         out, _ = eval_one(state.params, {k: v[0] for k, v in b.items()})
@@ -122,7 +122,7 @@ def test_a_second_run_in_one_process_compiles_nothing_new(tiny_config, tmp_path,
     apply_fn made its state a new pytree): about 750 memory maps a run, until a process
     that trained about 80 times hit the kernel's limit (LLVM out of memory, a segfault)."""
     copy = tiny_config.copy_and_resolve_references()
-    assert train.make_optimizer(tiny_config) is train.make_optimizer(copy)
+    assert steps.make_optimizer(tiny_config) is steps.make_optimizer(copy)
     train.train_and_evaluate(tiny_config, str(tmp_path / 'first'))
     maps = pathlib.Path('/proc/self/maps')
     before = len(maps.read_text().splitlines()) if maps.exists() else 0
@@ -236,9 +236,9 @@ def test_unwritable_workdir(tiny_config, tmp_path):
 def test_cudnn_impl_needs_cuda_except_to_read_a_checkpoint(tiny_config):
     tiny_config.model.impl = 'cudnn'
     with pytest.raises(CharLMError, match="needs a CUDA GPU.*runs on cpu"):
-        train.make_model(tiny_config, 20)
+        steps.make_model(tiny_config, 20)
     # Sampling and evaluation run a cuDNN-trained checkpoint as 'hoisted': same parameters.
-    assert train.make_model(tiny_config, 20, portable=True).impl == 'hoisted'
+    assert steps.make_model(tiny_config, 20, portable=True).impl == 'hoisted'
 
 
 @pytest.mark.parametrize('field,value', [
@@ -293,10 +293,10 @@ def test_stateful_training_carries_state_and_resumes_exactly(tiny_config, tmp_pa
 def test_stateful_step_uses_and_stops_gradient_through_the_carry(tiny_config):
     tiny_config.data.stateful = True
     corpus, model, _ = _setup(tiny_config)
-    state = train.create_state(model, train.make_optimizer(tiny_config), jax.random.key(0),
+    state = steps.create_state(model, steps.make_optimizer(tiny_config), jax.random.key(0),
                                carry_batch=tiny_config.batch_size)
     layout = data.Layout(tiny_config.batch_size, 1, 1)
-    step = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    step = jax.jit(functools.partial(steps.train_step, model=model, axis_name=None))
     tokens = corpus.tokens['train']
     b0 = {k: v[0] for k, v in data.stateful_train_batch(tokens, 16, 0, layout).items()}
     b1 = {k: v[0] for k, v in data.stateful_train_batch(tokens, 16, 1, layout).items()}
@@ -322,7 +322,7 @@ def test_schedule_warmup_cosine_and_host_copy(tiny_config):
     import optax
     tiny_config.num_train_steps, tiny_config.warmup_steps = 100, 10
     tiny_config.learning_rate, tiny_config.end_lr_fraction = 1e-2, 0.1
-    sched, host = train.make_schedule(tiny_config), train.make_schedule(tiny_config, np)
+    sched, host = steps.make_schedule(tiny_config), steps.make_schedule(tiny_config, np)
     ref = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 100, 1e-3)
     for step in (0, 5, 9, 10, 50, 98, 99):
         assert float(sched(step)) == pytest.approx(float(ref(step + 1)), rel=1e-5)
@@ -337,10 +337,10 @@ def test_bits_per_char_counts_predicted_characters(tiny_config):
 
 def test_weight_averaging_follows_the_parameters(tiny_config):
     corpus, model, _ = _setup(tiny_config)
-    state = train.create_state(model, train.make_optimizer(tiny_config), jax.random.key(0),
+    state = steps.create_state(model, steps.make_optimizer(tiny_config), jax.random.key(0),
                                ema_decay=0.9)
     jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
-    step = jax.jit(functools.partial(train.train_step, model=model, axis_name=None))
+    step = jax.jit(functools.partial(steps.train_step, model=model, axis_name=None))
     want = state.params
     for i in range(3):
         state, _ = step(state, _global_batch(corpus, tiny_config, i), jax.random.key(1))
@@ -362,7 +362,7 @@ def test_weight_averaging_resumes_exactly_and_is_what_commands_read(tiny_config,
     _, saved = _final_params(tmp_path / 'straight')
     jax.tree.map(np.testing.assert_array_equal, saved, _final_params(tmp_path / 'pieces')[1])
     run = runs.find(str(tmp_path / 'straight'), step=20)
-    jax.tree.map(np.testing.assert_array_equal, run.params(), saved['ema_params'])
+    jax.tree.map(np.testing.assert_array_equal, run.params, saved['ema_params'])
     tiny_config.ema_decay = 0.0  # the average is part of the state: another model
     with pytest.raises(CharLMError, match='ema_decay'):
         train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from charlm import tokenizers, train
+from charlm import steps, tokenizers
 from charlm.errors import CharLMError
 
 TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\n'
@@ -74,7 +74,7 @@ def test_per_layer_sizes_give_the_parameter_shapes(tiny_config, cell, gate_names
     """hidden_sizes=(16, 12): layer 0 maps E -> 16, layer 1 16 -> 12, the head 12 -> V."""
     tiny_config.model.cell = cell
     tiny_config.model.hidden_sizes = (16, 12)
-    model = train.make_model(tiny_config, 40)
+    model = steps.make_model(tiny_config, 40)
     shapes = jax.eval_shape(model.init, jax.random.key(0), model.init_carry(1),
                             np.zeros((1, 1), np.int32))['params']
     assert shapes['embed']['embedding'].shape == (40, 8)

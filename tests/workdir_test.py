@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli, start_training, wait_for
 
-from charlm import checkpointing, filelock, metric_writer, runs, train, workdir
+from charlm import checkpointing, filelock, metric_writer, runs, steps, train, workdir
 from charlm.errors import CharLMError
 
 
@@ -109,7 +109,7 @@ def test_a_silent_change_fails_its_checksum(tiny_config, tmp_path):
     meta.write_text(json.dumps(record))
     with pytest.raises(checkpointing.DamagedCheckpoint, match=r"checkpoints/2 is damaged: 1 of "
                        r"its arrays do not match their checksum \(\.params\['head'\]\['bias'\]"):
-        runs.restore_params(str(run), tiny_config, train.make_model(tiny_config, 35), 2)
+        runs.restore_params(str(run), tiny_config, steps.make_model(tiny_config, 35), 2)
 
 
 def test_damaged_checkpoint_resumes_from_the_newest_intact_one(tiny_config, tmp_path):
@@ -214,9 +214,9 @@ SECOND_CTRL_C = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
 from configs import tiny
-from charlm import cli, train
+from charlm import cli, steps, train
 cli.compilation_cache()  # the tests' cache (CHARLM_COMPILATION_CACHE), as the commands do
-real = train.evaluate
+real = steps.evaluate
 
 def evaluate(*args, **kwargs):  # Ctrl-C, and again 0.2 s later, in the middle of an eval
     os.kill(os.getpid(), signal.SIGINT)
@@ -225,7 +225,7 @@ def evaluate(*args, **kwargs):  # Ctrl-C, and again 0.2 s later, in the middle o
     time.sleep(30)
     return real(*args, **kwargs)
 
-train.evaluate = evaluate
+steps.evaluate = evaluate
 c = tiny.get_config()
 c.data.path, c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = {corpus!r}, 40, 20, 5
 train.train_and_evaluate(c, {workdir!r})
