@@ -205,11 +205,36 @@ def command(main=None, *, positional: bool = False, jax: bool = True):
 
 
 class _LibraryFilter(logging.logging.Filter):
-    """Keeps orbax's per-save INFO chatter off the console; warnings still show."""
+    """Keeps libraries' INFO chatter off the console: orbax's per-save lines, and JAX's
+    "Unable to initialize backend 'tpu'" on every machine without one. Warnings still show."""
 
     def filter(self, record):
-        return record.levelno >= logging.logging.WARNING or 'orbax' not in record.pathname
+        if record.levelno >= logging.logging.WARNING:
+            return True
+        return 'orbax' not in record.pathname and not (
+            record.pathname.endswith('xla_bridge.py')
+            and str(record.msg).startswith('Unable to initialize backend'))
+
+
+class _PlainFormatter(logging.logging.Formatter):
+    """The message alone (warnings and errors named), for a person at a terminal."""
+
+    def format(self, record):
+        text = super().format(record)
+        if record.levelno >= logging.logging.WARNING:
+            return f'{record.levelname.lower()}: {text}'
+        return text
+
+
+LOG_FLAGS = ('logtostderr', 'alsologtostderr', 'log_dir')
 
 
 def quiet_libraries() -> None:
-    logging.get_absl_handler().addFilter(_LibraryFilter())
+    """Library filters, and on a terminal plain lines: the progress a person reads without
+    absl's `I1203 06:15:18.476672 140481130650496 metric_writer.py:72]` prefix. Redirected
+    output (a log file) and absl's own logging flags keep the prefix."""
+    handler = logging.get_absl_handler()
+    handler.addFilter(_LibraryFilter())
+    asked = any(name in flags.FLAGS and flags.FLAGS[name].present for name in LOG_FLAGS)
+    if sys.stderr.isatty() and not asked:
+        handler.setFormatter(_PlainFormatter('%(message)s'))

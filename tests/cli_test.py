@@ -115,3 +115,55 @@ def test_every_command_imports_with_every_other():
     proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and 'imported' in proc.stdout, proc.stderr[-2000:]
+
+
+# A command that logs one line and initialises JAX's backends (where the TPU notice is made).
+_LOGS = """
+from absl import app, logging
+from charlm import cli
+
+@cli.command
+def main(argv):
+    import jax
+    jax.devices()
+    logging.info('step 50/3000  loss 3.8732')
+    logging.warning('a warning')
+
+app.run(main)
+"""
+
+
+def _stderr_of(*flags, tty: bool) -> str:
+    """The command's stderr, on a pseudo-terminal (as a person sees it) or a pipe."""
+    import pty
+
+    env = dict(os.environ, JAX_PLATFORMS='')  # let JAX look for a TPU, as on a user's machine
+    if not tty:
+        return subprocess.run([sys.executable, '-c', _LOGS, *flags], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60).stderr
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, '-c', _LOGS, *flags], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(leader)
+    return b''.join(chunks).decode().replace('\r\n', '\n')
+
+
+def test_a_terminal_gets_plain_lines_and_files_keep_the_prefix():
+    plain = _stderr_of(tty=True)
+    assert 'step 50/3000  loss 3.8732\n' in plain and 'warning: a warning\n' in plain
+    assert '] step 50' not in plain and 'Unable to initialize backend' not in plain, plain
+    for flags, tty in (((), False), (('--logtostderr',), True)):
+        prefixed = _stderr_of(*flags, tty=tty)
+        assert '] step 50/3000  loss 3.8732' in prefixed, (flags, prefixed)
+        assert 'Unable to initialize backend' not in prefixed, prefixed
