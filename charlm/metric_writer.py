@@ -1,8 +1,12 @@
-"""TensorBoard scalars and text from process 0 (a no-op elsewhere), and console lines."""
+"""TensorBoard scalars, text and HParams from process 0 (a no-op elsewhere), and console
+lines."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
+from typing import Any
 
 import jax
 from absl import logging
@@ -35,6 +39,27 @@ class MetricWriter:
                 # Markdown: keep line breaks and leading spaces of generated verse.
                 self._writer.add_text(k, '    ' + v.replace('\n', '\n    '), step)
 
+    def hparams(self, step: int, hparams: dict[str, bool | float | str],
+                metrics: dict[str, float]) -> None:
+        """This run as one row of TensorBoard's HParams dashboard: `hparams` (plain values,
+        see `flatten_config`) and `metrics`, logged as scalars `hparams/<name>` at `step`.
+
+        Unlike tensorboardX's `add_hparams` (a new timestamped subfolder, a second run, per
+        call) this writes into the run's own folder, so the dashboard links a row to the
+        run's curves. No experiment summary: TensorBoard then makes the columns from every
+        run's hparams (varied ones first) and scalars, so runs whose configs differ line up.
+        A resumed run that calls this again stays one row: TensorBoard keeps a run's first
+        session info (a tag's first metadata), and the newest step of a metric.
+        """
+        if not self._writer:
+            return
+        from tensorboardX.summary import hparams as hparams_summaries
+
+        _, start, end = hparams_summaries(hparams, {})
+        self._writer.file_writer.add_summary(start, step)
+        self._writer.file_writer.add_summary(end, step)
+        self.scalars(step, {f'hparams/{k}': v for k, v in metrics.items()})
+
     def flush(self) -> None:
         if self._writer:
             self._writer.flush()
@@ -42,6 +67,53 @@ class MetricWriter:
     def close(self) -> None:
         if self._writer:
             self._writer.close()
+
+
+def flatten_config(config: Any, prefix: str = '') -> dict[str, bool | float | str]:
+    """A (nested) ConfigDict or dict as {'model.hidden_size': 16, ...}: bools, numbers and
+    strings stay, anything else (lists, tuples, None, a non-finite number) becomes its str."""
+    flat = {}
+    for key, value in config.items():
+        name = f'{prefix}{key}'
+        if hasattr(value, 'items'):
+            flat.update(flatten_config(value, f'{name}.'))
+            continue
+        if isinstance(value, (bool, str)):
+            flat[name] = value
+        elif isinstance(value, numbers.Integral):  # numpy's too
+            flat[name] = int(value)
+        elif isinstance(value, numbers.Real) and math.isfinite(value):
+            flat[name] = float(value)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def final_metrics(last: dict[str, Any]) -> dict[str, float]:
+    """`train.train_and_evaluate`'s result as HParams metrics: best val loss (and its bits
+    per char or byte) and step, the final step, train loss and val loss, bits, perplexity.
+    What the run has not measured yet (no evaluation, no best) is left out."""
+    out = {k: float(v) for k, v in last.items()
+           if k in ('best_val_loss', 'best_step', 'step', 'train_loss', 'val_loss',
+                    'val_perplexity') or k.startswith('val_bits_per_')}
+    for key in [k for k in out if k.startswith('val_bits_per_')]:
+        if out.get('val_loss') and 'best_val_loss' in out:
+            # Every evaluation scores the same targets, so bits/loss is one constant ratio.
+            out[f'best_{key}'] = out['best_val_loss'] * out[key] / out['val_loss']
+    if out.get('best_step', 0) < 0:
+        del out['best_step']
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def log_hparams(workdir: str, config: Any, last: dict[str, Any],
+                enabled: bool | None = None) -> None:
+    """The run's flattened config and final metrics (`final_metrics`) for TensorBoard's
+    HParams dashboard, into its event folder `workdir`; process 0 writes (as MetricWriter)."""
+    writer = MetricWriter(workdir, enabled)
+    try:
+        writer.hparams(int(last['step']), flatten_config(config), final_metrics(last))
+    finally:
+        writer.close()
 
 
 def duration(seconds: float) -> str:
