@@ -86,6 +86,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info('%s', stop_reason)
     last = trainer.last | {'best_val_loss': trainer.meta['best_val_loss'],
                            'best_step': trainer.meta['best_step'], 'stop_reason': stop_reason}
+    metric_writer.log_hparams(workdir, config, last)  # TensorBoard's HParams row of this run
     if signalled:
         raise Stopped(stop_reason, last)
     return last
