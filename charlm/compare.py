@@ -178,7 +178,6 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
     configs = {name: variant_config(config, o, steps) for name, o in variants.items()}
     for c in configs.values():  # every variant builds, before any trains
         train.check_config(c)
-        steps_lib.make_model(c, 2)
     out_dir = workdir_lib.check_workdir(out)
     rows = []
     for name, c in configs.items():

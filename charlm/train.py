@@ -53,6 +53,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         value = config.model.get(name, 0.0)
         if not 0 <= value < 1:
             raise CharLMError(f'model.{name} must be in [0, 1), got {value!r}')
+    steps.make_model(config, 2)  # the cell, impl, rounds, sizes: before the corpus is read
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

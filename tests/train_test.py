@@ -258,6 +258,18 @@ def test_bad_settings_are_refused_before_training(tiny_config, trained_workdir, 
     assert sorted(p.relative_to(workdir) for p in workdir.rglob('*')) == before
 
 
+@pytest.mark.parametrize('field,value,match', [
+    ('cell', 'lstmm', "unknown model.cell 'lstmm': use one of lstm, gru, rnn, mingru, minlstm, "
+              'lnlstm, mogrifier'),
+    ('mogrifier_rounds', -1, 'mogrifier_rounds must be >= 0'),
+    ('impl', 'cudnn', 'needs a CUDA GPU')])
+def test_bad_model_settings_fail_before_the_corpus_is_read(tiny_config, field, value, match):
+    tiny_config.model[field] = value
+    tiny_config.data.path = '/nonexistent/corpus.txt'  # reading it would be another error
+    with pytest.raises(CharLMError, match=match):
+        train.check_config(tiny_config)
+
+
 def test_state_is_float32(tiny_config):
     _, _, state = _setup(tiny_config)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
