@@ -97,16 +97,13 @@ def report(stats: dict[str, Any]) -> str:
 
 def draw(stats: dict[str, Any], out: str) -> str:
     """A bar chart of the top tokens' shares; whitespace bars drawn in another colour."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     top = stats['top']
     words = stats['tokenizer'] == 'word'
     labels = [tokenizers.visible(t) for t, _, _ in top]
     shares = [100 * share for _, _, share in top]
     colors = ['#d97706' if t.isspace() else '#3b82f6' for t, _, _ in top]
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.34 * len(top) + 1.5), 4.6))
+    fig = plot.new_figure(figsize=(max(7.0, 0.34 * len(top) + 1.5), 4.6))
+    ax = fig.subplots()
     ax.bar(range(len(top)), shares, color=colors, edgecolor='white')
     ax.set_xticks(range(len(top)))
     ax.set_xticklabels(labels, fontfamily='DejaVu Sans Mono', fontsize=12 if not words else 11,

@@ -148,18 +148,14 @@ def token_labels(tokenizer, ids) -> list[str]:
 def draw(acts: dict[str, np.ndarray], labels: list[str], units: int, out: str,
          title: str) -> None:
     """One heatmap per gate/state: units down, tokens across."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     panels = [k for k in acts if k not in ('logits', 'model_logits', 'ids')]
     n_units = min(units, acts[panels[0]].shape[1]) if units > 0 else acts[panels[0]].shape[1]
     n_tok = len(labels)
     words = max(len(s) for s in labels) > 1
     width = max(8.0, 0.17 * n_tok + 2.5) if not words else max(8.0, 0.3 * n_tok + 2.5)
     panel_h = max(1.2, 0.16 * n_units + 0.5)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, panel_h * len(panels) + 1.2),
-                             sharex=True, squeeze=False)
+    fig = plot.new_figure(figsize=(width, panel_h * len(panels) + 1.2))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], panels, strict=True):
         a_HxT = acts[name][:, :n_units].T
         if name in GATE_NAMES:

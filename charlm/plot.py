@@ -41,16 +41,15 @@ def read_runs(workdirs: list[str]) -> dict[str, dict[str, list[tuple[int, float]
 def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
     """Writes the train/val loss figure to `out` and returns `out`."""
     import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     if not workdirs:
         raise CharLMError('no workdir given: --workdir=DIR [DIR ...]')
     out = str(cli.check_output(out, cli.figure_formats()))
     runs = read_runs(workdirs)
-    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    fig = new_figure(figsize=(12, 4.6))
+    ax_t, ax_v = fig.subplots(1, 2, sharey=True)
+    colors = matplotlib.rcParams['axes.prop_cycle'].by_key()['color']
     for k, (label, scalars) in enumerate(runs.items()):
         color = colors[k % len(colors)]
         if train := scalars.get('train/loss'):
@@ -73,17 +72,20 @@ def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
     return save_figure(fig, out)
 
 
-def save_figure(fig, out: str) -> str:
-    """Lays out, writes and closes a figure; returns `out` (checked with cli.check_output)."""
-    import matplotlib.pyplot as plt
+def new_figure(**kwargs):
+    """A matplotlib Figure outside pyplot: drawing one changes no global state (a notebook's
+    backend and open figures stay as they were) and needs no display."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
+
+def save_figure(fig, out: str) -> str:
+    """Lays out and writes a figure; returns `out` (checked with cli.check_output)."""
     fig.tight_layout()
     try:
         fig.savefig(out, dpi=110)
     except OSError as e:
         raise CharLMError(f'cannot write {out}: {e.strerror}') from None
-    finally:
-        plt.close(fig)
     return out
 
 

@@ -18,12 +18,12 @@ def get_config():
     c.model.hidden_size = 128  # 2 x 128 LSTM: ~0.2M parameters (default 2 x 256)
     c.model.embed_dim = 32
     c.batch_size = 32  # 2,048 characters a step
-    c.num_train_steps = 300
+    c.num_train_steps = 200
     c.warmup_steps = 30
     c.learning_rate = 5e-3  # a small model takes a larger step
     c.log_every_steps = 50
-    c.eval_every_steps = 100
+    c.eval_every_steps = 50
     c.eval_max_tokens = 20_000  # each eval scores 20k evenly spread val characters
-    c.checkpoint_every_steps = 100
+    c.checkpoint_every_steps = 200
     c.sample.length = 0  # the notebook samples itself
     return c

@@ -24,6 +24,8 @@ def test_the_tour_runs_from_the_notebooks_folder(tmp_path, monkeypatch):
     import nbformat
 
     monkeypatch.setenv('TMPDIR', str(tmp_path))  # the tour's workdir goes in the test's tmp
+    # One device, as on a user's machine (the suite's other tests fake 4).
+    monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
     nb = nbformat.read(TOUR, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
                                      resources={'metadata': {'path': str(TOUR.parent)}})

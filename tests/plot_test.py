@@ -34,6 +34,21 @@ def test_two_runs_on_one_figure(tmp_path):
     assert data[:4] == b'\x89PNG' and len(data) > 20_000
 
 
+def test_drawing_leaves_pyplot_alone(tmp_path):
+    """A notebook's backend and figures are its own: charlm draws outside pyplot."""
+    import subprocess
+    import sys
+
+    _fake_run(tmp_path / 'lstm', 1.0)
+    code = ('import matplotlib; matplotlib.use("svg"); import matplotlib.pyplot as plt; '
+            'from charlm import plot; '
+            f'plot.plot_runs([{str(tmp_path / "lstm")!r}], {str(tmp_path / "c.png")!r}); '
+            'print(matplotlib.get_backend(), plt.get_fignums())')
+    out = subprocess.run([sys.executable, '-c', code], cwd=pathlib.Path(__file__).parent.parent,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ['svg', '[]']
+
+
 def test_labels_are_names_or_paths_where_names_repeat():
     assert plot.run_labels(['runs/a', 'runs/b']) == ['a', 'b']
     assert plot.run_labels(['x/run', 'y/run', 'z']) == ['x/run', 'y/run', 'z']
