@@ -183,6 +183,9 @@ class Checkpoints:
         return dest
 
     def _save_error(self, e: Exception, step: int) -> CharLMError:
+        from charlm import watchdog
+
+        watchdog.confirm_peers()  # a save a dead process broke is reported as that process
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         full = 'No space left' in str(e) or getattr(e, 'errno', None) == 28
         why = 'the disk is full' if full else f'{type(e).__name__}: {first}'

@@ -25,13 +25,16 @@ def define_flags() -> None:
     flags.DEFINE_integer('num_processes', None, 'Processes in the job (explicit set-up).')
     flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (explicit set-up).')
     flags.DEFINE_integer('init_timeout', 120, 'Seconds to wait for the other processes.')
+    flags.DEFINE_integer('heartbeat_timeout', 30, 'Seconds a process of a multi-process job may '
+                         'stay silent before the others stop, naming it and the newest checkpoint.')
     flags.mark_flags_as_required(['config', 'workdir'])
 
 
 @cli.command
 def main(argv):
     distributed.initialize(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id, FLAGS.init_timeout)  # before any device is used
+                           FLAGS.process_id, FLAGS.init_timeout, FLAGS.heartbeat_timeout,
+                           FLAGS.workdir)  # before any device is used
     logging.info('JAX %s: process %d of %d, %d local devices (%s), %d in all', jax.__version__,
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.devices()[0].platform, jax.device_count())

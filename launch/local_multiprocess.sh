@@ -7,6 +7,8 @@
 # Every process gets the same flags plus --coordinator_address/--num_processes/
 # --process_id. Output lines are prefixed with [process]. Exits non-zero if any fails.
 # XLA_FLAGS, if set, is passed on (without a device count: D is added to it).
+# PYTHON names the interpreter (default: python on PATH), e.g. a virtual environment's
+# python without activating it; the tests pass their own.
 # HOST_LOCAL_CACHE=DIR gives process i its own cache folder DIR/i (XDG_CACHE_HOME), as hosts
 # with local disks have; by default all share one, as hosts on a shared filesystem do.
 set -euo pipefail
@@ -22,7 +24,7 @@ pids=()
 for ((i = 0; i < n; i++)); do
   env ${HOST_LOCAL_CACHE:+"XDG_CACHE_HOME=$HOST_LOCAL_CACHE/$i"} \
     XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
-    python -u -m charlm.main --coordinator_address="localhost:$port" --num_processes="$n" \
+    "${PYTHON:-python}" -u -m charlm.main --coordinator_address="localhost:$port" --num_processes="$n" \
     --process_id="$i" "$@" > >(trap "" INT TERM; exec sed -u "s/^/[$i] /") 2>&1 &
   pids+=($!)
 done
@@ -30,11 +32,13 @@ done
 # launcher then still waits for each and exits with the first failure, if any.
 trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
 status=0
-for p in "${pids[@]}"; do
-  rc=0
-  while kill -0 "$p" 2>/dev/null; do  # a trapped signal interrupts wait: wait again
-    wait "$p" && rc=0 || rc=$?
+for i in "${!pids[@]}"; do
+  p=${pids[$i]}
+  while :; do  # a trapped signal interrupts wait (the process still runs): wait again
+    wait "$p" 2>/dev/null && rc=0 || rc=$?  # (bash's own "Killed ..." notice is dropped)
+    kill -0 "$p" 2>/dev/null || break
   done
+  if ((rc > 128)); then echo "[$i] process $i was ended by SIG$(kill -l "$rc")" >&2; fi
   if [[ $status -eq 0 && $rc -ne 0 ]]; then status=$rc; fi
 done
 exit "$status"

@@ -37,3 +37,19 @@ def test_tpu_pod_needs_a_bucket_and_a_known_subcommand():
     assert out.returncode == 2 and 'BUCKET' in out.stderr
     out = pod('launch')
     assert out.returncode == 2 and "unknown subcommand 'launch'" in out.stderr
+
+
+def test_local_launcher_runs_the_callers_python_and_reports_each_failure(tmp_path):
+    # A stand-in interpreter: process 1 is killed while process 0, waited for first, succeeds.
+    fake = tmp_path / 'python'
+    fake.write_text('#!/usr/bin/env bash\necho "ran $*"\n'
+                    'case "$*" in *--process_id=1*) kill -9 $$;; esac\nsleep 1\n')
+    fake.chmod(0o755)
+    out = subprocess.run(['bash', 'launch/local_multiprocess.sh', '2', '1', '--x=1'], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, PYTHON=str(fake), PORT='12345'))
+    assert out.returncode == 137, out  # not lost behind process 0's success
+    for i in (0, 1):
+        assert (f'[{i}] ran -u -m charlm.main --coordinator_address=localhost:12345 '
+                f'--num_processes=2 --process_id={i} --x=1') in out.stdout
+    assert out.stderr.strip() == '[1] process 1 was ended by SIGKILL', out.stderr
