@@ -65,9 +65,12 @@ class Watchdog:
         self._left: set[int] = set()
         self._store_ok = now  # when the store last answered
         self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
 
     def start(self) -> Watchdog:
-        threading.Thread(target=self._beat, name='charlm-watchdog-beat', daemon=True).start()
+        self._beating = threading.Thread(target=self._beat, name='charlm-watchdog-beat',
+                                         daemon=True)
+        self._beating.start()
         threading.Thread(target=self._judge, name='charlm-watchdog', daemon=True).start()
         atexit.register(self.leave)  # after JAX's atexit, so it runs before JAX's shutdown
         previous = sys.excepthook
@@ -168,12 +171,23 @@ class Watchdog:
             time.sleep(self.period_s / 2)
 
     def leave(self) -> None:
-        """Tells the peers this process ends normally; it keeps judging them until they end."""
+        """Tells the peers this process ends normally and waits (at most `timeout_s`, still
+        judging) until they have said the same; then stops beating and waits for the beating
+        thread. A daemon thread still inside the store's client when the interpreter ends is
+        ended there, and jaxlib aborts the process ("FATAL: exception not rethrown")."""
         try:
             self.client.key_value_set(f'{_PREFIX}left/{self.me}', '1', allow_overwrite=True)
         except Exception:  # the store is gone: the judge says so, or the process ends first
             pass
-
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            with self._lock:
+                if len(self._left) == len(self.peers):
+                    break
+            time.sleep(self.period_s / 4)
+        self._stop.set()
+        if self._beating is not None:
+            self._beating.join(self.timeout_s)
 
 def start(client, process_id: int, num_processes: int, timeout_s: float, workdir: str) -> None:
     """Starts this process's watchdog (once; a single-process run has none)."""
