@@ -16,6 +16,7 @@ evaluate) must not delete a save in progress.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import pathlib
 import shutil
 import sys
@@ -294,8 +295,9 @@ def has_checkpoint(workdir: str) -> bool:
 def _ignore_late_reads() -> None:
     """Drops the errors of reads still in flight when a failed restore closes orbax's loop.
 
-    Without this, a damaged checkpoint's one-line error comes, at random, with tracebacks
-    ('Event loop is closed') that tensorstore's threads print.
+    Without this, a damaged checkpoint's one-line error comes, at random, with tracebacks:
+    'Event loop is closed' from tensorstore's threads, and asyncio's 'Task exception was
+    never retrieved' for the other reads of the damaged save, logged when they are collected.
     """
     if getattr(sys.excepthook, '_charlm', False):
         return
@@ -311,3 +313,5 @@ def _ignore_late_reads() -> None:
     hook._charlm = True
     sys.excepthook = hook
     sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else unraisablehook(u)
+    std_logging.getLogger('asyncio').addFilter(
+        lambda record: not str(record.msg).startswith('Task exception was never retrieved'))

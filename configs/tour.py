@@ -3,7 +3,7 @@ about a minute on a 2-core CPU, on the built-in corpus (no download).
 
   python -m charlm.main --config=configs/tour.py --workdir=runs/tour
 
-It learns words and line breaks, not Shakespeare: val loss ~2.0 nats/char after its 300
+It learns words and line breaks, not Shakespeare: val loss ~2.0 nats/char after its 200
 steps. To go bigger, change a few fields: `--config=configs/shakespeare.py` (2 x 256,
 3000 steps, ~15 min on a CPU) or `configs/shakespeare_char.py` (2 x 512, the recipe
 that beats nanoGPT's transformer on tiny-shakespeare).

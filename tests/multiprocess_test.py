@@ -89,22 +89,6 @@ def test_two_processes_match_one_and_restore_in_one(tiny_config, tmp_path):
     assert 'Resuming from' in resume.stderr and 'step 25/25' in resume.stderr
 
 
-def test_hosts_with_local_caches_each_prepare_their_own(corpus_file, tmp_path):
-    local = tmp_path / 'local'
-    env = {'HOST_LOCAL_CACHE': str(local)}
-    proc = launch('2', '1', '--config=configs/tiny.py', f'--workdir={tmp_path}/w',
-                  f'--config.data.path={corpus_file}', '--config.num_train_steps=2',
-                  '--config.sample.length=0', env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    made = sorted(line[:3] for line in proc.stdout.splitlines() if 'once into' in line)
-    assert made == ['[0]', '[1]'], proc.stdout[-3000:]
-    for i in (0, 1):
-        folders = [p for p in (local / str(i) / 'charlm' / 'prepared').iterdir()
-                   if p.suffix != '.lock']  # the lock file stays, free and empty
-        assert len(folders) == 1 and folders[0].name.startswith('corpus-')
-        assert (folders[0] / 'meta.json').is_file()
-
-
 def test_unreachable_coordinator_fails_in_bounded_time(tmp_path):
     proc = subprocess.run(
         [sys.executable, '-m', 'charlm.main', '--config=configs/tiny.py',
@@ -122,17 +106,27 @@ def test_a_heartbeat_timeout_under_two_seconds_is_refused(tmp_path):
 
 
 def test_a_job_holds_its_workdir_once_and_a_second_job_is_refused(corpus_file, tmp_path):
-    workdir = tmp_path / 'mp'
-    env = launch_env({'PYTHONUNBUFFERED': '1'})
+    """Its hosts have local caches (not shared): each prepares the corpus into its own."""
+    workdir, local = tmp_path / 'mp', tmp_path / 'local'
+    env = launch_env({'PYTHONUNBUFFERED': '1', 'HOST_LOCAL_CACHE': str(local)})
     first = subprocess.Popen(
         ['bash', 'launch/local_multiprocess.sh', '2', '1', '--config=configs/tiny.py',
          f'--workdir={workdir}', f'--config.data.path={corpus_file}',
          '--config.num_train_steps=100000'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
+        said = []
         for line in first.stdout:  # both hosts train
+            said.append(line)
             if 'eval at step 10:' in line:
                 break
+        made = sorted(line[:3] for line in said if 'once into' in line)
+        assert made == ['[0]', '[1]'], ''.join(said)[-3000:]
+        for i in (0, 1):
+            folders = [p for p in (local / str(i) / 'charlm' / 'prepared').iterdir()
+                       if p.suffix != '.lock']  # the lock file stays, free and empty
+            assert len(folders) == 1 and folders[0].name.startswith('corpus-')
+            assert (folders[0] / 'meta.json').is_file()
         second = launch('2', '1', '--config=configs/tiny.py', f'--workdir={workdir}',
                         f'--config.data.path={corpus_file}', timeout=120)
         assert second.returncode == 2, second.stdout[-3000:]
