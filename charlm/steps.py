@@ -225,7 +225,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, model, axis_na
     grad_norm = optax.tree.norm(grads)
     state = state.apply_gradients(grads=grads)
     if state.ema_params is not None:  # the average follows the updated parameters
-        d = state.ema_decay
+        # warmed up (TensorFlow's num_updates rule): at step t the decay is at most
+        # (1 + t) / (10 + t), so the early average is not mostly the initialisation
+        t = state.step.astype(jnp.float32)  # already counts this update
+        d = jnp.minimum(state.ema_decay, (1 + t) / (10 + t))
         state = state.replace(ema_params=jax.tree.map(lambda e, p: d * e + (1 - d) * p,
                                                       state.ema_params, state.params))
     if stateful:  # the next batch starts from here, without backpropagating into this one

@@ -62,7 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.0  # adamw only
     c.grad_clip_norm = 1.0  # clip the global gradient norm (all devices) to this
     c.ema_decay = 0.0  # > 0: evaluate, keep the best of and sample an exponential moving
-    # average of the parameters (e.g. 0.999), updated every step; checkpoints keep both
+    # average of the parameters (e.g. 0.999), updated every step, its decay warmed up as
+    # min(ema_decay, (1 + step) / (10 + step)); checkpoints keep both
 
     c.log_every_steps = 50  # console line + TensorBoard scalars; the only host sync
     c.eval_every_steps = 500  # full validation pass, samples, best checkpoint

@@ -354,11 +354,12 @@ def test_weight_averaging_follows_the_parameters(tiny_config):
     jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
     step = jax.jit(functools.partial(steps.train_step, model=model, axis_name=None))
     want = state.params
-    for i in range(3):
-        state, _ = step(state, _global_batch(corpus, tiny_config, i), jax.random.key(1))
-        want = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, want, state.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), state.ema_params,
-                 want)
+    for i in range(100):  # warmed up: the decay is (1 + t) / (10 + t) until that reaches 0.9
+        state, _ = step(state, _global_batch(corpus, tiny_config, i % 4), jax.random.key(1))
+        d = min(0.9, (2 + i) / (11 + i))
+        want = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, want, state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 state.ema_params, want)
     assert state.eval_params() is state.ema_params
     assert not np.allclose(jax.tree.leaves(state.ema_params)[0],
                            jax.tree.leaves(state.params)[0])
