@@ -40,7 +40,7 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tiny_config, 
 
     workdir = tmp_path / 'killed'
     rng = random.Random(0)
-    for _ in range(3):
+    for _ in range(2):
         proc = start_training(workdir, tiny_config.data.path, *flags)
         wait_for(proc, 'step ')
         time.sleep(rng.uniform(0.0, 1.5))  # anywhere: mid-step, mid-save, mid-eval
