@@ -286,10 +286,28 @@ def check_same_model(saved: dict, config, workdir) -> None:
                           'use a new --workdir, or the checkpoint\'s settings')
 
 
+def saved_steps(directory: pathlib.Path) -> list[int]:
+    """The completed saves in a checkpoint folder, from the folder names (orbax writes a
+    save as STEP.orbax-checkpoint-tmp-... and renames it to STEP when complete), so bad input
+    fails before any checkpoint manager starts its threads."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 def has_checkpoint(workdir: str) -> bool:
     """True if WORKDIR/checkpoints holds a completed save (no managers are created)."""
-    d = pathlib.Path(workdir) / 'checkpoints'
-    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+    return bool(saved_steps(pathlib.Path(workdir) / 'checkpoints'))
+
+
+def newest_checkpoint(workdir: str) -> str:
+    """The newest completed save, said as a clause for a message that ends a run at once."""
+    folder = pathlib.Path(workdir).expanduser().absolute() / 'checkpoints'
+    steps = saved_steps(folder)
+    if not steps:
+        return f'no checkpoint was saved yet in {folder}'
+    return (f'the newest complete checkpoint is step {steps[-1]} ({folder}/{steps[-1]}): run '
+            'the same command to resume from it')
 
 
 def _ignore_late_reads() -> None:

@@ -7,12 +7,13 @@ the same step and takes part in the same final save.
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from charlm import checkpointing
 
 
 class StopRequest:
@@ -44,11 +45,8 @@ class StopRequest:
             return
         if signum != signal.SIGINT:
             return
-        ckpts = pathlib.Path(self._workdir) / 'checkpoints'
-        steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
-        saved = (f'the newest checkpoint is {ckpts}/{max(steps)}; run the same command to '
-                 'resume from it' if steps else 'no checkpoint was saved')
-        os.write(2, f'charlm: stopped at once by a second {name}: {saved}\n'.encode())
+        saved = checkpointing.newest_checkpoint(self._workdir)
+        os.write(2, f'charlm: stopped at once by a second {name}; {saved}\n'.encode())
         os._exit(128 + signum)
 
     def agreed(self, sync_point: bool) -> bool:

@@ -126,14 +126,6 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step:
         ckpts.close()
 
 
-def saved_steps(directory: pathlib.Path) -> list[int]:
-    """Completed saves, from the directory names (orbax names unfinished ones STEP.orbax-...),
-    so bad input fails before any checkpoint manager starts its threads."""
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
 def find(workdir: str, step: int | None = None) -> Run:
     """The best checkpoint of `workdir` (the latest if none is best yet), or step `step`."""
     path = pathlib.Path(workdir).expanduser().absolute()
@@ -143,7 +135,8 @@ def find(workdir: str, step: int | None = None) -> Run:
     if not path.is_dir():
         raise CharLMError(f'workdir {path} does not exist ({hint})')
     for _ in range(3):
-        latest, best = saved_steps(path / 'checkpoints'), saved_steps(path / 'best')
+        latest = checkpointing.saved_steps(path / 'checkpoints')
+        best = checkpointing.saved_steps(path / 'best')
         if not latest and not best:
             raise CharLMError(f'no checkpoint in {path} ({hint})')
         if step is None:

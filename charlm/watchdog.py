@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import atexit
 import os
-import pathlib
 import sys
 import threading
 import time
+
+from charlm import checkpointing
 
 _PREFIX = 'charlm/watchdog/'
 _current: Watchdog | None = None
@@ -33,20 +34,6 @@ def longest_s(timeout_s: float) -> float:
     """The longest a dead process goes unnoticed: its last beat may be a period old when
     read, and the judge looks once a period."""
     return timeout_s + 2 * period_s(timeout_s)
-
-
-def newest_checkpoint(workdir: str) -> str:
-    """The newest complete save of WORKDIR/checkpoints, said as a clause for a message.
-
-    Orbax writes a save under a temporary name and renames it to its step when complete,
-    so a folder named by a number is a complete save.
-    """
-    folder = pathlib.Path(workdir).expanduser().absolute() / 'checkpoints'
-    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-    if not steps:
-        return f'no checkpoint was saved yet in {folder}'
-    return (f'the newest complete checkpoint is step {max(steps)} ({folder}/{max(steps)}): run '
-            'the same command to resume from it')
 
 
 class Watchdog:
@@ -146,9 +133,10 @@ class Watchdog:
         else:
             who = ('process ' if len(silent) == 1 else 'processes ') + ', '.join(map(str, silent))
             who += f' of {self.num_processes}'
+        saved = checkpointing.newest_checkpoint(self.workdir)
         line = (f'charlm: error: {who} stopped answering (silent for {gone_s:.0f}s, '
                 f'--heartbeat_timeout={self.timeout_s:g}: killed, crashed or its host is down), '
-                f'so process {self.me} stops too; {newest_checkpoint(self.workdir)}\n')
+                f'so process {self.me} stops too; {saved}\n')
         os.write(2, line.encode())
         os._exit(1)
 

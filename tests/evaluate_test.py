@@ -145,7 +145,7 @@ def test_a_step_means_the_same_in_every_command(trained):
     workdir, _ = trained
     best = runs.find(workdir)
     assert best.best and best.where.endswith(f'/best/{best.step}')
-    for step in runs.saved_steps(pathlib.Path(workdir) / 'checkpoints'):
+    for step in checkpointing.saved_steps(pathlib.Path(workdir) / 'checkpoints'):
         assert not runs.find(workdir, step).best
     with pytest.raises(CharLMError, match='no checkpoint of step 3'):
         runs.find(workdir, 3)

@@ -175,7 +175,7 @@ def test_watchdog_names_the_silent_not_the_departed_and_the_newest_complete_save
     assert process_1.silent()[0] == [0]
     (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
     (tmp_path / 'checkpoints' / '20.orbax-checkpoint-tmp-1').mkdir()  # a save cut short
-    assert f'step 10 ({tmp_path}/checkpoints/10)' in watchdog.newest_checkpoint(str(tmp_path))
+    assert f'step 10 ({tmp_path}/checkpoints/10)' in checkpointing.newest_checkpoint(str(tmp_path))
 
 
 def _newest(workdir) -> int:
