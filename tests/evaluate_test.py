@@ -164,3 +164,31 @@ def test_dynamic_evaluation_reports_beside_the_static_figures(trained):
     after = sorted((p, p.stat().st_mtime_ns) for p in pathlib.Path(workdir).rglob('*')
                    if p.is_file() and p.name != 'lock')
     assert after == before  # the checkpoint is only read
+
+
+def test_dynamic_lr_tuned_on_another_text(trained, tmp_path):
+    """--dynamic_tune_file: the lr is the one of the grid that reads that file best, and the
+    reported figure is what that lr scores on the split."""
+    workdir, _ = trained
+    other = tmp_path / 'other.txt'
+    other.write_text(SHAKESPEARE_LIKE * 3, encoding='utf-8')
+    settings = dict(lr=3e-4, decay=0.0, rule='rms', streams=1)
+    lrs = (0.0, 3e-3, 3e-2)
+    r = evaluate.evaluate(workdir, dynamic=settings, tune_file=str(other), tune_lrs=lrs)
+    tuned = r['dynamic']['tuned']
+    assert sorted(tuned['losses']) == list(lrs)
+    assert tuned['lr'] == min(tuned['losses'], key=tuned['losses'].get)
+    assert tuned['lr'] > 0  # a text of repeats is learnt while it is read
+    assert len(set(tuned['losses'].values())) == 3
+    direct = evaluate.evaluate(workdir, dynamic=settings | {'lr': tuned['lr']})
+    assert r['dynamic']['loss'] == direct['dynamic']['loss']
+    assert r['dynamic']['settings']['lr'] == tuned['lr']
+    assert f'lr {tuned["lr"]:g} chosen on {other}' in evaluate.format_report(r)
+
+    with pytest.raises(CharLMError, match='add --dynamic'):
+        evaluate.evaluate(workdir, tune_file=str(other), tune_lrs=lrs)
+    with pytest.raises(CharLMError, match='tuned on itself'):
+        evaluate.evaluate(workdir, text_file=str(other), dynamic=settings,
+                          tune_file=str(other), tune_lrs=lrs)
+    with pytest.raises(CharLMError, match='step sizes >= 0'):
+        evaluate.evaluate(workdir, dynamic=settings, tune_file=str(other), tune_lrs=(-1.0,))
