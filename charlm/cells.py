@@ -24,7 +24,8 @@ so `charlm.model` scans them over time with `nn.scan` as it does Flax's cells.
   MogrifierLSTMCell  Melis et al. 2020, "Mogrifier LSTM": x_t and h_{t-1} first gate each
                      other for `rounds` rounds, round r = 1, 2, ...:
                        odd r:  x <- 2 * sigmoid(Q^r h) * x,   even r:  h <- 2 * sigmoid(R^r x) * h,
-                     then a standard LSTM step on the mogrified x and h.
+                     then a standard LSTM step on the mogrified x and h; Q^r and R^r
+                     full-rank, or (`rank` k) products of [., k] and [k, .] matrices.
 
 The LSTM-like cells keep nn.OptimizedLSTMCell's parameters (ii..io, hi..ho) beside their
 own, so AWD-LSTM's weight drop finds their recurrent kernels h*. Each cell sows its gates
@@ -218,11 +219,21 @@ class LayerNormLSTMCell(_LSTMVariant):
 class MogrifierLSTMCell(_LSTMVariant):
     """The Mogrifier LSTM of Melis et al. 2020, one step; carry (c, h).
 
-    Full-rank Q^r [H, E] (Dense q1, q3, ...) and R^r [E, H] (Dense r2, r4, ...), no bias;
-    `rounds`=0 is the plain LSTM. The carried h is the LSTM's output, not the mogrified h.
+    Q^r [H, E] (Dense q1, q3, ...) and R^r [E, H] (Dense r2, r4, ...), no bias; with
+    `rank` k > 0 each is a product of two, Q^r = Q^r_left [H, k] Q^r_right [k, E] (Dense
+    q1_left, q1_right, ...), the paper's low-rank form. `rounds`=0 is the plain LSTM. The
+    carried h is the LSTM's output, not the mogrified h.
     """
 
     rounds: int = 5
+    rank: int = 0  # 0: full-rank Q and R
+
+    def _project(self, features: int, name: str, v):
+        """v @ Q (or R): one matrix, or a rank-`rank` product of two."""
+        if not self.rank:
+            return nn.Dense(features, use_bias=False, dtype=self.dtype, name=name)(v)
+        v = nn.Dense(self.rank, use_bias=False, dtype=self.dtype, name=f'{name}_left')(v)
+        return nn.Dense(features, use_bias=False, dtype=self.dtype, name=f'{name}_right')(v)
 
     @nn.compact
     def __call__(self, carry, x_BxE):
@@ -230,12 +241,10 @@ class MogrifierLSTMCell(_LSTMVariant):
         h_in_BxH, x_BxE = h_BxH, x_BxE.astype(jnp.float32)
         for r in range(1, self.rounds + 1):
             if r % 2:
-                q_BxE = nn.Dense(x_BxE.shape[-1], use_bias=False, dtype=self.dtype,
-                                 name=f'q{r}')(h_in_BxH)
+                q_BxE = self._project(x_BxE.shape[-1], f'q{r}', h_in_BxH)
                 x_BxE = 2 * jax.nn.sigmoid(q_BxE.astype(jnp.float32)) * x_BxE
             else:
-                r_BxH = nn.Dense(self.features, use_bias=False, dtype=self.dtype,
-                                 name=f'r{r}')(x_BxE)
+                r_BxH = self._project(self.features, f'r{r}', x_BxE)
                 h_in_BxH = 2 * jax.nn.sigmoid(r_BxH.astype(jnp.float32)) * h_in_BxH
         w_x, w_h, b_4H = self._weights(x_BxE.shape[-1])
         z_Bx4H = (kernels._mm('be,eg->bg', x_BxE, w_x) + kernels._mm('bh,hg->bg', h_in_BxH, w_h)

@@ -262,7 +262,8 @@ def _model_fields(config) -> dict:
     return {'cell': m['cell'], 'embed_dim': m['embed_dim'], 'hidden_sizes': sizes,
             'tie_embeddings': m.get('tie_embeddings', False),
             'mogrifier_rounds': m.get('mogrifier_rounds', 5) if m['cell'] == 'mogrifier'
-            else None}
+            else None,
+            'mogrifier_rank': m.get('mogrifier_rank', 0) if m['cell'] == 'mogrifier' else None}
 
 
 def check_same_model(saved: dict, config, workdir) -> None:

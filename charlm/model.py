@@ -86,6 +86,7 @@ class RecurrentLM(nn.Module):
     embed_dropout: float = 0.0
     tie_embeddings: bool = False
     mogrifier_rounds: int = 5  # mogrifier only: rounds x and h gate each other per step
+    mogrifier_rank: int = 0  # mogrifier only: rank of Q and R (0 = full rank)
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -105,6 +106,9 @@ class RecurrentLM(nn.Module):
                               'has none (its gates read x_t alone): set it to 0')
         if self.mogrifier_rounds < 0:
             raise CharLMError(f'model.mogrifier_rounds must be >= 0, got {self.mogrifier_rounds}')
+        if self.mogrifier_rank < 0:
+            raise CharLMError(f'model.mogrifier_rank must be >= 0 (0: full rank), got '
+                              f'{self.mogrifier_rank}')
         if self.tie_embeddings and self.embed_dim != self.hidden_sizes[-1]:
             raise CharLMError(f'model.tie_embeddings needs embed_dim equal to the last layer\'s '
                               f'size ({self.hidden_sizes[-1]}), got embed_dim={self.embed_dim}')
@@ -150,7 +154,8 @@ class RecurrentLM(nn.Module):
     def cell_options(self) -> dict:
         """The cell's arguments besides `features`."""
         if self.cell == 'mogrifier':
-            return dict(dtype=self.dtype, rounds=self.mogrifier_rounds)
+            return dict(dtype=self.dtype, rounds=self.mogrifier_rounds,
+                        rank=self.mogrifier_rank)
         return dict(dtype=self.dtype)
 
     def folds_embedding(self, num_tokens: int) -> bool:

@@ -81,7 +81,7 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int, *,
         variational_dropout=m.get('variational_dropout', False),
         weight_drop=m.get('weight_drop', 0.0), embed_dropout=m.get('embed_dropout', 0.0),
         tie_embeddings=m.get('tie_embeddings', False),
-        mogrifier_rounds=m.get('mogrifier_rounds', 5))
+        mogrifier_rounds=m.get('mogrifier_rounds', 5), mogrifier_rank=m.get('mogrifier_rank', 0))
 
 
 def layer_sizes(config) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.cell = 'lstm'  # 'lstm' | 'gru' | 'rnn' | 'mingru' | 'minlstm' | 'lnlstm' | 'mogrifier'
     m.mogrifier_rounds = 5  # mogrifier cell only: rounds x and h gate each other per step
+    m.mogrifier_rank = 0  # mogrifier cell only: rank of its Q and R matrices (0 = full rank)
     m.embed_dim = 64  # token embedding width
     m.num_layers = 2  # stacked recurrent layers (hidden_sizes, if set, wins)
     m.hidden_size = 256  # units per layer

@@ -49,6 +49,13 @@ def _stack(p, kind, what='kernel'):
     return np.concatenate([p[f'{kind}{g}'][what] for g in 'ifgo'], axis=-1)
 
 
+def _matrix(p, name):
+    """Mogrifier's Q^r or R^r: one kernel, or the low-rank product Q_left Q_right."""
+    if name in p:
+        return p[name]['kernel']
+    return p[f'{name}_left']['kernel'] @ p[f'{name}_right']['kernel']
+
+
 def np_step(cell, p, carry, x, rounds=5):
     """One step of `cell` written from its paper in float64 numpy: (carry, h, gates)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
@@ -74,19 +81,20 @@ def np_step(cell, p, carry, x, rounds=5):
     else:  # Melis et al. 2020: odd rounds x <- 2 sigmoid(Q h) x, even h <- 2 sigmoid(R x) h
         for r in range(1, rounds + 1):
             if r % 2:
-                x = 2 * sigmoid(h @ p[f'q{r}']['kernel']) * x
+                x = 2 * sigmoid(h @ _matrix(p, f'q{r}')) * x
             else:
-                h = 2 * sigmoid(x @ p[f'r{r}']['kernel']) * h
+                h = 2 * sigmoid(x @ _matrix(p, f'r{r}')) * h
         i, f, g, o = _lstm(x @ _stack(p, 'i') + h @ _stack(p, 'h') + _stack(p, 'h', 'bias'))
         c = f * c + i * g
         h = o * np.tanh(c)
     return (c, h), h, {'forget': f, 'input': i, 'output': o}
 
 
-@pytest.mark.parametrize('cell', NEW_CELLS)
+@pytest.mark.parametrize('cell', (*NEW_CELLS, 'mogrifier_rank_2'))
 def test_cell_steps_equal_the_papers_equations(cell):
     """Three steps from a non-zero state; x of both signs reaches both branches of g."""
-    module = model_lib.CELLS[cell](features=5)
+    cell, _, rank = cell.partition('_rank_')
+    module = model_lib.CELLS[cell](features=5, **({'rank': int(rank)} if rank else {}))
     x_TxBxE = jax.random.normal(jax.random.key(1), (3, 4, 6)) * 2
     carry = jax.tree.map(lambda z: jax.random.normal(jax.random.key(2), z.shape),
                          module.initialize_carry(jax.random.key(0), (4, 6)))
@@ -212,7 +220,15 @@ def test_model_options_of_the_new_cells_are_checked():
     with pytest.raises(CharLMError, match='mogrifier_rounds must be >= 0'):
         model_lib.RecurrentLM(vocab_size=5, cell='mogrifier', mogrifier_rounds=-1)
     m = model_lib.RecurrentLM(vocab_size=5, cell='mogrifier', mogrifier_rounds=2)
-    assert m.cell_options() == dict(dtype=jnp.float32, rounds=2)
+    assert m.cell_options() == dict(dtype=jnp.float32, rounds=2, rank=0)
     params = jax.eval_shape(m.init, jax.random.key(0), m.init_carry(1),
                             jnp.zeros((1, 3), jnp.int32))['params']
     assert sorted(k for k in params['mogrifier_0'] if k[0] in 'qr') == ['q1', 'r2']
+    with pytest.raises(CharLMError, match='mogrifier_rank must be >= 0'):
+        model_lib.RecurrentLM(vocab_size=5, cell='mogrifier', mogrifier_rank=-1)
+    low = model_lib.RecurrentLM(vocab_size=5, embed_dim=6, hidden_sizes=(8,), cell='mogrifier',
+                                mogrifier_rounds=2, mogrifier_rank=3)
+    shapes = jax.eval_shape(low.init, jax.random.key(0), low.init_carry(1),
+                            jnp.zeros((1, 3), jnp.int32))['params']['mogrifier_0']
+    assert {k: v['kernel'].shape for k, v in shapes.items() if k[0] in 'qr'} == {
+        'q1_left': (8, 3), 'q1_right': (3, 6), 'r2_left': (6, 3), 'r2_right': (3, 8)}

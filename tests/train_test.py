@@ -262,6 +262,7 @@ def test_bad_settings_are_refused_before_training(tiny_config, trained_workdir, 
     ('cell', 'lstmm', "unknown model.cell 'lstmm': use one of lstm, gru, rnn, mingru, minlstm, "
               'lnlstm, mogrifier'),
     ('mogrifier_rounds', -1, 'mogrifier_rounds must be >= 0'),
+    ('mogrifier_rank', -2, 'mogrifier_rank must be >= 0 .0: full rank., got -2'),
     ('impl', 'cudnn', 'needs a CUDA GPU')])
 def test_bad_model_settings_fail_before_the_corpus_is_read(tiny_config, field, value, match):
     tiny_config.model[field] = value
