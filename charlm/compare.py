@@ -4,6 +4,7 @@ r"""Trains variants of one config on the same data, seed and step budget, and ta
       --variant=small:model.num_layers=1,model.hidden_size=128 --variant=standard: \
       --variant=gru:model.cell=gru [--config.data.path=FILE ...]
   python -m charlm.compare --config=configs/shakespeare.py --cells=rnn,lstm,gru ...
+  python -m charlm.compare ... --window=256 --dynamic [--dynamic_tune_file=OTHER.txt]
 
 A variant is NAME:KEY=VALUE[,KEY=VALUE...] over the config (an empty list: the config as
 it is); --cells=a,b is shorthand for --variant=a:model.cell=a --variant=b:model.cell=b.
@@ -12,6 +13,9 @@ and an interrupted comparison resumes); then OUT/compare.md holds the table
 (parameters, final train and validation loss, bits/char, throughput, wall time),
 OUT/compare.json the same numbers, and OUT/curves.png the loss curves of all variants.
 With --steps, validation runs at least 10 times along the way so the curves have points.
+--window=N and --dynamic add columns: each variant's best checkpoint scored on the val
+split as `charlm.evaluate` scores it, in windows of N, read as one stream (stateful), and
+with dynamic evaluation (its lr given, or chosen on --dynamic_tune_file).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from charlm import checkpointing, cli, metric_writer, plot, runs, tokenizers, train
+from charlm import checkpointing, cli, evaluate, metric_writer, plot, runs, tokenizers, train
 from charlm import model as model_lib
 from charlm import steps as steps_lib
 from charlm import workdir as workdir_lib
@@ -125,6 +129,26 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
     }
 
 
+def score_variant(workdir: pathlib.Path, window: int | None, dynamic: dict[str, Any] | None,
+                  tune_file: str | None = None, tune_lrs: tuple[float, ...] = ()
+                  ) -> dict[str, Any]:
+    """The best checkpoint's val split scored as `charlm.evaluate` scores it: in windows of
+    `window` tokens; read as one stream (dynamic evaluation at lr 0); with dynamic
+    evaluation (its lr tuned on `tune_file` if given)."""
+    scores: dict[str, Any] = {}
+    if window:
+        scores |= {'window': window,
+                   'val_window_loss': evaluate.evaluate(str(workdir), window=window)['loss']}
+    if dynamic is not None:
+        static = evaluate.evaluate(str(workdir), dynamic=dynamic | {'lr': 0.0})
+        adapted = evaluate.evaluate(str(workdir), dynamic=dynamic, tune_file=tune_file,
+                                    tune_lrs=tune_lrs)
+        scores |= {'val_stateful_loss': static['dynamic']['loss'],
+                   'val_dynamic_loss': adapted['dynamic']['loss'],
+                   'dynamic_lr': adapted['dynamic']['settings']['lr']}
+    return scores
+
+
 def _units(config) -> tuple[str, str]:
     """Training's throughput unit ('chars', 'bytes', 'tokens') and what bits/X counts."""
     kind = config.data.tokenizer
@@ -135,14 +159,18 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
     unit, per = _units(config)
     m = config.model
     sizes = steps_lib.layer_sizes(config)
+    window = rows[0].get('window') if rows else None
+    dynamic = bool(rows) and 'val_dynamic_loss' in rows[0]
+    extra = ((f' val window {window} |' if window else '')
+             + (' val stateful | val dynamic (lr) |' if dynamic else ''))
     lines = [
         f'Same data ({config.data.path}, {config.data.tokenizer} tokens), seed {config.seed}, '
         f'{config.num_train_steps} steps of {config.batch_size} x {config.data.seq_len} tokens, '
         f'embed {m.embed_dim}, hidden {"x".join(map(str, sizes))} unless a variant says '
         f'otherwise, on {jax.device_count()} {jax.devices()[0].platform} device(s).', '',
         f'| variant | cell | hidden | parameters | steps | train loss | val loss | '
-        f'val bits/{per} | best val loss (step) | {unit}/s | wall time |',
-        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+        f'val bits/{per} | best val loss (step) |{extra} {unit}/s | wall time |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|' + '---:|' * extra.count('|') + '---:|---:|',
     ]
     for r in rows:
         wall = metric_writer.duration(r['wall_seconds']) + (' (resumed)' if r['resumed'] else '')
@@ -150,18 +178,33 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
                      f'| {r["parameters"]:,} | {r["last_step"]:,} | {r["train_loss"]:.4f} | '
                      f'{r["val_loss"]:.4f} | {r[f"val_bits_per_{per}"]:.4f} | '
                      f'{r["best_val_loss"]:.4f} ({r["best_step"]:,}) | '
-                     f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
+                     + (f'{r["val_window_loss"]:.4f} | ' if window else '')
+                     + (f'{r["val_stateful_loss"]:.4f} | {r["val_dynamic_loss"]:.4f} '
+                        f'({r["dynamic_lr"]:g}) | ' if dynamic else '')
+                     + f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
     lines += ['', 'Losses are nats per token at the last step trained (fewer than the budget '
               'where early stopping ended a variant); the best val loss is the best '
               'evaluation, the checkpoint in best/. Wall time includes compilation.']
+    if window or dynamic:
+        lines += ['', 'The best checkpoint scored on the whole val split by charlm.evaluate: '
+                  + ', '.join(([f'in windows of {window} tokens, each from a zero state']
+                               if window else [])
+                              + (['read as one stream with the carry passed on (stateful)',
+                                  'with dynamic evaluation at the lr given'
+                                  + (f' (chosen on {rows[0]["dynamic_tuned_on"]})'
+                                     if rows[0].get('dynamic_tuned_on') else '')]
+                                 if dynamic else [])) + '.']
     return '\n'.join(lines) + '\n'
 
 
 def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, dict],
-            out: str, steps: int | None = None) -> list[dict[str, Any]]:
+            out: str, steps: int | None = None, window: int | None = None,
+            dynamic: dict[str, Any] | None = None, tune_file: str | None = None,
+            tune_lrs: tuple[float, ...] = ()) -> list[dict[str, Any]]:
     """Trains every variant into OUT/<name>; writes compare.md, compare.json and curves.png.
 
     `variants`: {name: {config key: value}}, or a list of cells (each its own variant).
+    `window`, `dynamic` (and `tune_file`, `tune_lrs`): score columns (`score_variant`).
     """
     if isinstance(variants, list | tuple):
         unknown = [c for c in variants if c not in model_lib.CELLS]
@@ -175,6 +218,10 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
         raise CharLMError('nothing to compare: give --variant=NAME:KEY=VALUE,... or --cells')
     if steps is not None and steps <= 0:
         raise CharLMError(f'--steps={steps}: need a positive number of steps')
+    if window is not None and window < 1:
+        raise CharLMError(f'--window must be a positive number of tokens, got {window}')
+    if tune_file is not None:
+        evaluate.check_tuning(tune_file, tune_lrs, None, dynamic)
     configs = {name: variant_config(config, o, steps) for name, o in variants.items()}
     for c in configs.values():  # every variant builds, before any trains
         train.check_config(c)
@@ -184,7 +231,11 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
         logging.info('compare: training %s for %d steps in %s', name, c.num_train_steps,
                      out_dir / name)
         try:
-            rows.append(run_variant(c, name, out_dir / name))
+            row = run_variant(c, name, out_dir / name)
+            row |= score_variant(out_dir / name, window, dynamic, tune_file, tune_lrs)
+            if tune_file is not None:
+                row['dynamic_tuned_on'] = tune_file
+            rows.append(row)
         except Stopped:  # a signal ends the comparison, not only this variant
             later = list(configs)[len(rows) + 1:]
             logging.info('compare: stopped in variant %s%s; run the same command to resume '
@@ -215,6 +266,9 @@ def define_flags() -> None:
                               'config to train; repeat for each (replaces --cells).')
     flags.DEFINE_integer('steps', None, 'Training steps per cell (default: the config\'s).')
     flags.DEFINE_string('out', None, 'Output directory: one workdir per cell, table, plot.')
+    flags.DEFINE_integer('window', None, 'Also score each variant\'s best checkpoint on the val '
+                         'split in windows of this many tokens (e.g. 256).')
+    evaluate.define_dynamic_flags()  # --dynamic: stateful and dynamic columns
     flags.mark_flags_as_required(['config', 'out'])
 
 
@@ -226,7 +280,8 @@ def main(argv):
             raise CharLMError('two --variant flags have the same NAME')
     else:
         variants = list(FLAGS.cells)
-    compare(FLAGS.config, variants, FLAGS.out, FLAGS.steps)
+    dynamic, tune_file, lrs = evaluate.dynamic_from_flags()
+    compare(FLAGS.config, variants, FLAGS.out, FLAGS.steps, FLAGS.window, dynamic, tune_file, lrs)
     out = pathlib.Path(FLAGS.out)
     print((out / 'compare.md').read_text(encoding='utf-8'))
     print(f'wrote {out / "compare.md"}, {out / "compare.json"} and {out / "curves.png"}')

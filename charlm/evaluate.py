@@ -127,7 +127,7 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     if window is not None and window < 1:
         raise CharLMError(f'--window must be a positive number of tokens, got {window}')
     if tune_file is not None:
-        _check_tuning(tune_file, tune_lrs, text_file, dynamic)
+        check_tuning(tune_file, tune_lrs, text_file, dynamic)
     run = runs.find(workdir, step)
     tok = run.tokenizer
     if text_file:
@@ -158,11 +158,13 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     return out
 
 
-def _check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
+def check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
     """Bad tuning settings, before any work."""
     if dynamic is None:
         raise CharLMError('--dynamic_tune_file picks the lr of dynamic evaluation: add '
                           '--dynamic')
+    if not pathlib.Path(tune_file).is_file():
+        raise CharLMError(f'--dynamic_tune_file={tune_file}: no such file')
     if not lrs or not all(lr >= 0 for lr in lrs):
         raise CharLMError(f'--dynamic_tune_lrs must be step sizes >= 0, got {list(lrs)}')
     if text_file is not None and pathlib.Path(tune_file).resolve() == (
@@ -240,6 +242,12 @@ def define_flags() -> None:
     flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
     flags.DEFINE_integer('window', None, "Score in windows of this many tokens, each from a "
                          "zero state (default: the run's data.seq_len, as its validation).")
+    define_dynamic_flags()
+    flags.mark_flags_as_required(['workdir'])
+
+
+def define_dynamic_flags() -> None:
+    """--dynamic and its settings: this command's, and charlm.compare's score columns."""
     flags.DEFINE_bool('dynamic', False, 'Also score with dynamic evaluation: a gradient step '
                       'after each window, so the model adapts to the text (charlm.dynamic).')
     flags.DEFINE_float('dynamic_lr', 3e-4, 'Dynamic evaluation: step size (0 = static).')
@@ -253,11 +261,10 @@ def define_flags() -> None:
                         'file (a text other than the one reported) from --dynamic_tune_lrs.')
     flags.DEFINE_list('dynamic_tune_lrs', ['1e-4', '2e-4', '3e-4', '5e-4', '1e-3'],
                       'Dynamic evaluation: the lrs --dynamic_tune_file tries.')
-    flags.mark_flags_as_required(['workdir'])
 
 
-@cli.command
-def main(argv):
+def dynamic_from_flags() -> tuple[dict[str, Any] | None, str | None, tuple[float, ...]]:
+    """(the dynamic settings, or None without --dynamic; the tuning file; its lrs)."""
     dynamic = (dict(lr=FLAGS.dynamic_lr, decay=FLAGS.dynamic_decay, rule=FLAGS.dynamic_rule,
                     streams=FLAGS.dynamic_streams) if FLAGS.dynamic else None)
     try:
@@ -265,8 +272,14 @@ def main(argv):
     except ValueError:
         raise CharLMError(f'--dynamic_tune_lrs must be numbers, got '
                           f'{",".join(FLAGS.dynamic_tune_lrs)}') from None
+    return dynamic, FLAGS.dynamic_tune_file, lrs
+
+
+@cli.command
+def main(argv):
+    dynamic, tune_file, lrs = dynamic_from_flags()
     r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step, dynamic, FLAGS.window,
-                 FLAGS.dynamic_tune_file, lrs)
+                 tune_file, lrs)
     if FLAGS.json:
         def finite(d):
             return {k: finite(v) if isinstance(v, dict) else

@@ -74,15 +74,29 @@ def test_variants_parse_and_override_any_field(tiny_config):
         compare.parse_variant('model.cell=gru')
 
 
-def test_two_sizes_train_as_variants(tiny_config, tmp_path):
+def test_two_sizes_train_as_variants_and_are_scored_as_evaluate_scores(tiny_config, tmp_path):
     tiny_config.sample.prompts = ()
     tiny_config.num_train_steps, tiny_config.eval_every_steps = 4, 2
+    dynamic = dict(lr=1e-3, decay=0.0, rule='rms', streams=1)
     rows = compare.compare(tiny_config, {'narrow': {'model.hidden_size': 8},
-                                         'wide': {'model.hidden_size': 24}}, str(tmp_path))
+                                         'wide': {'model.hidden_size': 24}}, str(tmp_path),
+                           window=24, dynamic=dynamic)
     assert [(r['variant'], r['hidden_sizes']) for r in rows] == [('narrow', [8, 8]),
                                                                  ('wide', [24, 24])]
     assert rows[1]['parameters'] > rows[0]['parameters']
-    assert '| narrow | lstm | 8x8 |' in (tmp_path / 'compare.md').read_text()
+    table = (tmp_path / 'compare.md').read_text()
+    assert '| narrow | lstm | 8x8 |' in table
+    assert '| val window 24 | val stateful | val dynamic (lr) |' in table
+    # The columns are charlm.evaluate's figures for the best checkpoint.
+    wide = str(tmp_path / 'wide')
+    r = rows[1]
+    assert r['val_window_loss'] == evaluate.evaluate(wide, window=24)['loss']
+    adapted = evaluate.evaluate(wide, dynamic=dynamic)['dynamic']['loss']
+    static = evaluate.evaluate(wide, dynamic=dynamic | {'lr': 0.0})['dynamic']['loss']
+    assert (r['val_stateful_loss'], r['val_dynamic_loss'], r['dynamic_lr']) == (
+        static, adapted, 1e-3)
+    assert adapted != static
+    assert f'| {static:.4f} | {adapted:.4f} (0.001) |' in table
 
 
 def test_a_signal_ends_the_comparison_and_the_same_call_resumes(tiny_config, tmp_path,
@@ -112,6 +126,12 @@ def test_a_signal_ends_the_comparison_and_the_same_call_resumes(tiny_config, tmp
 
 
 def test_bad_cells_in_process(tiny_config, tmp_path):
+    with pytest.raises(CharLMError, match='--dynamic_tune_file=nowhere.txt: no such file'):
+        compare.compare(tiny_config, ['lstm'], str(tmp_path / 'x'), dynamic={'lr': 1e-3},
+                        tune_file='nowhere.txt', tune_lrs=(1e-3,))
+    with pytest.raises(CharLMError, match='--window must be a positive'):
+        compare.compare(tiny_config, ['lstm'], str(tmp_path / 'x'), window=0)
+    assert not (tmp_path / 'x').exists()
     with pytest.raises(CharLMError, match="unknown cell 'transformer' in --cells"):
         compare.compare(tiny_config, ['lstm', 'transformer'], str(tmp_path))
     with pytest.raises(CharLMError, match='names a cell twice'):
