@@ -114,3 +114,18 @@ def wait_for(proc, text, timeout=120):
             return lines
         assert time.monotonic() < deadline, ''.join(lines[-20:])
     raise AssertionError(f'process ended before {text!r}:\n' + ''.join(lines[-30:]))
+
+
+# The longest tests and worker-bound groups first (longest-processing-time-first): with two
+# workers, a minute-long test sent last leaves one worker idle for its whole length.
+LONG_FIRST = ('notebook_test.py::test_the_tour_runs', 'sample_cli_test.py', 'multiprocess_test.py',
+              'faults_test.py::test_kill_9', 'evaluate_test.py', 'workdir_test.py',
+              'corpora_configs_test.py', 'main_test.py', 'sampler_test.py')
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        nodeid = item.nodeid.removeprefix('tests/')
+        return next((i for i, p in enumerate(LONG_FIRST) if nodeid.startswith(p)),
+                    len(LONG_FIRST))
+    items.sort(key=rank)  # stable: the rest keep their order
