@@ -78,8 +78,9 @@ class RecurrentLM(nn.Module):
     cell: str = 'lstm'
     dropout_rate: float = 0.0
     unroll: int = 1  # time steps per scan iteration; a speed knob, same results
-    impl: str = 'hoisted'  # LSTM only: 'hoisted' (input matmul outside the scan) | 'cell'
-    #                        (nn.scan over nn.OptimizedLSTMCell) | 'cudnn' (CUDA GPUs)
+    impl: str = 'hoisted'  # 'hoisted' (LSTM, lnlstm: input matmul outside the scan; mingru,
+    #                        minlstm: parallel scan) | 'cell' (nn.scan over the cell) |
+    #                        'cudnn' (LSTM on CUDA GPUs)
     dtype: Any = jnp.float32  # computation dtype; parameters and carry stay float32
     variational_dropout: bool = False
     weight_drop: float = 0.0
@@ -132,6 +133,8 @@ class RecurrentLM(nn.Module):
         if self.cell == 'lstm' and self.impl == 'hoisted':
             lstm = kernels.FoldedLSTM if folded else kernels.HoistedLSTM
             return lstm(size, self.unroll, self.dtype, **drop, name=name)
+        if self.cell == 'lnlstm' and self.impl == 'hoisted':
+            return cells.HoistedLayerNormLSTM(size, self.unroll, self.dtype, **drop, name=name)
         if self.cell in cells.PARALLEL and self.impl != 'cell':
             return cells.ParallelMinRNN(size, self.cell, self.dtype, name=name)
         scanned = nn.scan(CELLS[self.cell], variable_broadcast='params',
