@@ -129,12 +129,27 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
     }
 
 
-def score_variant(workdir: pathlib.Path, window: int | None, dynamic: dict[str, Any] | None,
-                  tune_file: str | None = None, tune_lrs: tuple[float, ...] = ()
-                  ) -> dict[str, Any]:
+def score_variant(workdir: pathlib.Path, best_step: int, window: int | None,
+                  dynamic: dict[str, Any] | None, tune_file: str | None = None,
+                  tune_lrs: tuple[float, ...] = ()) -> dict[str, Any]:
     """The best checkpoint's val split scored as `charlm.evaluate` scores it: in windows of
     `window` tokens; read as one stream (dynamic evaluation at lr 0); with dynamic
-    evaluation (its lr tuned on `tune_file` if given)."""
+    evaluation (its lr tuned on `tune_file` if given).
+
+    Kept in WORKDIR/scores.json under the checkpoint's step and the settings, so a rerun of
+    the comparison (to finish a later variant) does not score a finished one again.
+    """
+    if not window and dynamic is None:
+        return {}
+    key = json.dumps({'best_step': best_step, 'window': window, 'dynamic': dynamic,
+                      'tune_file': tune_file, 'tune_lrs': list(tune_lrs)}, sort_keys=True)
+    path = workdir / 'scores.json'
+    try:
+        kept = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        kept = {}
+    if key in kept:
+        return kept[key]
     scores: dict[str, Any] = {}
     if window:
         scores |= {'window': window,
@@ -146,7 +161,14 @@ def score_variant(workdir: pathlib.Path, window: int | None, dynamic: dict[str, 
         scores |= {'val_stateful_loss': static['dynamic']['loss'],
                    'val_dynamic_loss': adapted['dynamic']['loss'],
                    'dynamic_lr': adapted['dynamic']['settings']['lr']}
+    _write_atomically(path, json.dumps(kept | {key: scores}, indent=2))
     return scores
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text, encoding='utf-8')
+    tmp.replace(path)
 
 
 def _units(config) -> tuple[str, str]:
@@ -232,24 +254,35 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
                      out_dir / name)
         try:
             row = run_variant(c, name, out_dir / name)
-            row |= score_variant(out_dir / name, window, dynamic, tune_file, tune_lrs)
+            row |= score_variant(out_dir / name, row['best_step'], window, dynamic, tune_file,
+                                 tune_lrs)
             if tune_file is not None:
                 row['dynamic_tuned_on'] = tune_file
             rows.append(row)
+            _write_tables(out_dir, rows, variant_config(config, {}, steps), list(configs))
         except Stopped:  # a signal ends the comparison, not only this variant
             later = list(configs)[len(rows) + 1:]
             logging.info('compare: stopped in variant %s%s; run the same command to resume '
                          'the comparison', name,
                          f' (before {", ".join(later)})' if later else '')
             raise
-    config = variant_config(config, {}, steps)
-    table = markdown(rows, config)
-    (out_dir / 'compare.md').write_text(table, encoding='utf-8')
-    (out_dir / 'compare.json').write_text(json.dumps(rows, indent=2), encoding='utf-8')
-    plot.plot_runs([str(out_dir / n) for n in configs], str(out_dir / 'curves.png'),
-                   title=f'{", ".join(configs)}: same data, seed and {config.num_train_steps} '
-                         'steps')
     return rows
+
+
+def _write_tables(out_dir: pathlib.Path, rows: list[dict[str, Any]],
+                  config: ml_collections.ConfigDict, names: list[str]) -> None:
+    """compare.md, compare.json and curves.png of the variants done so far: after each, so a
+    long comparison shows its table as it goes (and says what is still to come)."""
+    table = markdown(rows, config)
+    if len(rows) < len(names):
+        table += (f'\n{len(rows)} of {len(names)} variants done; still to train: '
+                  f'{", ".join(names[len(rows):])} (run the same command to go on).\n')
+    _write_atomically(out_dir / 'compare.md', table)
+    _write_atomically(out_dir / 'compare.json', json.dumps(rows, indent=2))
+    done = names[:len(rows)]
+    plot.plot_runs([str(out_dir / n) for n in done], str(out_dir / 'curves.png'),
+                   title=f'{", ".join(done)}: same data, seed and {config.num_train_steps} '
+                         'steps')
 
 
 # ------------------------------------------------------------------ command line

@@ -74,7 +74,8 @@ def test_variants_parse_and_override_any_field(tiny_config):
         compare.parse_variant('model.cell=gru')
 
 
-def test_two_sizes_train_as_variants_and_are_scored_as_evaluate_scores(tiny_config, tmp_path):
+def test_two_sizes_train_as_variants_and_are_scored_as_evaluate_scores(tiny_config, tmp_path,
+                                                                      monkeypatch):
     tiny_config.sample.prompts = ()
     tiny_config.num_train_steps, tiny_config.eval_every_steps = 4, 2
     dynamic = dict(lr=1e-3, decay=0.0, rule='rms', streams=1)
@@ -97,6 +98,15 @@ def test_two_sizes_train_as_variants_and_are_scored_as_evaluate_scores(tiny_conf
         static, adapted, 1e-3)
     assert adapted != static
     assert f'| {static:.4f} | {adapted:.4f} (0.001) |' in table
+    # Run again (as to finish a later variant): the finished ones are neither trained nor
+    # scored again.
+    monkeypatch.setattr(compare.evaluate, 'evaluate', None)
+    again = compare.compare(tiny_config, {'narrow': {'model.hidden_size': 8},
+                                          'wide': {'model.hidden_size': 24}}, str(tmp_path),
+                            window=24, dynamic=dynamic)
+    keep = ('val_window_loss', 'val_stateful_loss', 'val_dynamic_loss', 'best_val_loss')
+    assert [[r[k] for k in keep] for r in again] == [[r[k] for k in keep] for r in rows]
+    assert all(r['resumed'] for r in again)
 
 
 def test_a_signal_ends_the_comparison_and_the_same_call_resumes(tiny_config, tmp_path,
@@ -123,6 +133,29 @@ def test_a_signal_ends_the_comparison_and_the_same_call_resumes(tiny_config, tmp
     rows = compare.compare(tiny_config, variants, str(tmp_path))
     assert [(r['variant'], r['last_step'], r['resumed']) for r in rows] == [
         ('narrow', 4, True), ('wide', 4, False)]
+    assert 'variants done' not in (tmp_path / 'compare.md').read_text()
+
+
+def test_the_table_is_written_after_each_variant(tiny_config, tmp_path, monkeypatch):
+    """A long comparison stopped in its second variant has the first one's row on disk."""
+    tiny_config.sample.prompts = ()
+    tiny_config.num_train_steps, tiny_config.eval_every_steps = 2, 2
+    real = compare.run_variant
+
+    def second_stops(config, name, workdir):
+        if name == 'wide':
+            raise Stopped('stopped by SIGTERM at step 1', {'step': 1})
+        return real(config, name, workdir)
+
+    monkeypatch.setattr(compare, 'run_variant', second_stops)
+    with pytest.raises(Stopped):
+        compare.compare(tiny_config, {'narrow': {'model.hidden_size': 8},
+                                      'wide': {'model.hidden_size': 24}}, str(tmp_path))
+    table = (tmp_path / 'compare.md').read_text()
+    assert '| narrow | lstm | 8x8 |' in table and '| wide |' not in table
+    assert '1 of 2 variants done; still to train: wide (run the same command' in table
+    assert [r['variant'] for r in json.loads((tmp_path / 'compare.json').read_text())] == [
+        'narrow']
 
 
 def test_bad_cells_in_process(tiny_config, tmp_path):
