@@ -19,14 +19,18 @@ FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + f' {FAST_COMPILE}'
                            + ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# One compile cache for the session, this process and the commands it runs: the same
-# tiny programs are compiled by dozens of tests. Fresh each session, removed at exit.
-_CACHE = tempfile.mkdtemp(prefix='charlm-tests-jax-')
-atexit.register(shutil.rmtree, _CACHE, True)
+# One compile cache for the session, its xdist workers and the commands they run: the same
+# tiny programs are compiled by dozens of tests. Fresh each session; the process that made
+# it (pytest's controller, which the workers inherit it from) removes it at exit.
+_CACHE = os.environ.get('CHARLM_TESTS_CACHE')
+if not _CACHE:
+    _CACHE = os.environ['CHARLM_TESTS_CACHE'] = tempfile.mkdtemp(prefix='charlm-tests-jax-')
+    atexit.register(shutil.rmtree, _CACHE, True)
 os.environ['CHARLM_COMPILATION_CACHE'] = _CACHE
 # Prepared corpora of the commands the tests run without a data.cache_dir (the default,
-# $XDG_CACHE_HOME/charlm) go here too, not into ~/.cache.
-os.environ['XDG_CACHE_HOME'] = os.path.join(_CACHE, 'xdg')
+# $XDG_CACHE_HOME/charlm) go here too, not into ~/.cache: one folder per worker, as before.
+os.environ['XDG_CACHE_HOME'] = os.path.join(_CACHE, 'xdg',
+                                            os.environ.get('PYTEST_XDIST_WORKER', 'main'))
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
