@@ -21,9 +21,6 @@ so `charlm.model` scans them over time with `nn.scan` as it does Flax's cells.
                        [i, f, g, o] = LN_x(W_x x_t) + LN_h(W_h h_{t-1}) + b   (over all 4H),
                        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),
                        h_t = sigmoid(o) * tanh(LN_c(c_t)).
-                     `HoistedLayerNormLSTM` (the layer RecurrentLM uses by default, with
-                     the cell's parameters) computes LN_x(W_x x_t) for all steps before
-                     the time loop.
   MogrifierLSTMCell  Melis et al. 2020, "Mogrifier LSTM": x_t and h_{t-1} first gate each
                      other for `rounds` rounds, round r = 1, 2, ...:
                        odd r:  x <- 2 * sigmoid(Q^r h) * x,   even r:  h <- 2 * sigmoid(R^r x) * h,
@@ -217,70 +214,6 @@ class LayerNormLSTMCell(_LSTMVariant):
         c_BxH = f * c_BxH + i * g
         h_BxH = o * jnp.tanh(nn.LayerNorm(**norm, name='ln_c')(c_BxH))
         return (c_BxH, h_BxH), h_BxH
-
-
-def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None) -> jax.Array:
-    """nn.LayerNorm's arithmetic over the last axis (its fast variance, epsilon 1e-6)."""
-    mean = jnp.mean(x, -1, keepdims=True)
-    var = jnp.maximum(jnp.mean(x * x, -1, keepdims=True) - mean * mean, 0.0)
-    y = (x - mean) * jax.lax.rsqrt(var + 1e-6) * jnp.expand_dims(scale, range(x.ndim - 1))
-    return y if bias is None else y + jnp.expand_dims(bias, range(x.ndim - 1))
-
-
-class _NormParams(nn.Module):
-    """nn.LayerNorm's parameters under its names and initialisers: (scale, bias or None)."""
-
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, features: int):
-        scale = self.param('scale', nn.initializers.ones, (features,))
-        bias = (self.param('bias', nn.initializers.zeros, (features,)) if self.use_bias
-                else None)
-        return scale, bias
-
-
-class HoistedLayerNormLSTM(nn.Module):
-    """LayerNormLSTMCell over a whole sequence with its input term outside the time loop
-    (model.impl='hoisted', the default for lnlstm).
-
-    LN_x(W_x x_t) does not depend on the carry, so all T steps' input terms are one
-    [T*B, E] x [E, 4H] matmul and one LayerNorm before the loop, as HoistedLSTM does for
-    the LSTM; only W_h h, LN_h and LN_c run inside it. Same parameters (names, shapes,
-    initialisers) as the cell scanned, so checkpoints move between the two; tests check
-    outputs and gradients against it.
-    """
-
-    features: int
-    unroll: int = 1
-    dtype: Any = jnp.float32
-    weight_drop: float = 0.0  # DropConnect on W_h (training only), one mask per call
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, carry, x_BxTxE):
-        """One layer over x_BxTxE: (carry, h_BxTxH)."""
-        w_x, w_h, b_4H = kernels._lstm_params(x_BxTxE.shape[-1], self.features)
-        w_h = kernels.drop_connect(self, w_h, self.weight_drop, self.deterministic)
-        w_x, w_h = w_x.astype(self.dtype), w_h.astype(self.dtype)
-        g_x, _ = _NormParams(False, name='ln_x')(4 * self.features)
-        g_h, _ = _NormParams(False, name='ln_h')(4 * self.features)
-        g_c, b_c = _NormParams(True, name='ln_c')(self.features)
-        x_TxBxE = jnp.swapaxes(x_BxTxE, 0, 1)
-        t, b, e = x_TxBxE.shape
-        xw_TxBx4H = kernels._mm('ne,eg->ng', x_TxBxE.reshape(t * b, e), w_x).reshape(t, b, -1)
-        xz_TxBx4H = layer_norm(xw_TxBx4H, g_x, None) + b_4H[None, None]
-
-        def step(carry, xz_Bx4H):
-            c_BxH, h_BxH = carry
-            z_Bx4H = xz_Bx4H + layer_norm(kernels._mm('bh,hg->bg', h_BxH, w_h), g_h, None)
-            i, f, g, o = jnp.split(z_Bx4H, 4, axis=-1)
-            c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h_BxH = jax.nn.sigmoid(o) * jnp.tanh(layer_norm(c_BxH, g_c, b_c))
-            return (c_BxH, h_BxH), h_BxH
-
-        carry, h_TxBxH = jax.lax.scan(step, carry, xz_TxBx4H, unroll=self.unroll)
-        return carry, jnp.swapaxes(h_TxBxH, 0, 1)
 
 
 class MogrifierLSTMCell(_LSTMVariant):

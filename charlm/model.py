@@ -78,9 +78,9 @@ class RecurrentLM(nn.Module):
     cell: str = 'lstm'
     dropout_rate: float = 0.0
     unroll: int = 1  # time steps per scan iteration; a speed knob, same results
-    impl: str = 'hoisted'  # 'hoisted' (LSTM, lnlstm: input matmul outside the scan; mingru,
-    #                        minlstm: parallel scan) | 'cell' (nn.scan over the cell) |
-    #                        'cudnn' (LSTM on CUDA GPUs)
+    impl: str = 'hoisted'  # 'hoisted' (LSTM: input matmul outside the scan; mingru,
+    #                        minlstm: parallel scan) | 'cell' (nn.scan over the cell, as gru,
+    #                        rnn, lnlstm and mogrifier always run) | 'cudnn' (LSTM, CUDA GPUs)
     dtype: Any = jnp.float32  # computation dtype; parameters and carry stay float32
     variational_dropout: bool = False
     weight_drop: float = 0.0
@@ -133,8 +133,6 @@ class RecurrentLM(nn.Module):
         if self.cell == 'lstm' and self.impl == 'hoisted':
             lstm = kernels.FoldedLSTM if folded else kernels.HoistedLSTM
             return lstm(size, self.unroll, self.dtype, **drop, name=name)
-        if self.cell == 'lnlstm' and self.impl == 'hoisted':
-            return cells.HoistedLayerNormLSTM(size, self.unroll, self.dtype, **drop, name=name)
         if self.cell in cells.PARALLEL and self.impl != 'cell':
             return cells.ParallelMinRNN(size, self.cell, self.dtype, name=name)
         scanned = nn.scan(CELLS[self.cell], variable_broadcast='params',

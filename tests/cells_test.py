@@ -168,26 +168,6 @@ def test_parallel_scan_equals_the_cell_scanned(cell):
                  grads, want_grads)
 
 
-def test_hoisted_layer_norm_lstm_equals_the_cell_scanned():
-    """lnlstm's default layer (LN_x(W_x x) for all steps before the loop): the same
-    parameters and initial values as nn.scan over LayerNormLSTMCell (impl='cell'), and the
-    same outputs, final carry and gradients from a non-zero carry; its loop does not
-    compute the input projection."""
-    m, params, start, tokens = _setup('lnlstm')
-    reference = m.clone(impl='cell')
-    init = [jax.jit(x.init)(jax.random.key(0), start, tokens)['params'] for x in (m, reference)]
-    jax.tree.map(np.testing.assert_array_equal, *init)  # same names, shapes and values
-    (_, out), grads = _grad(m, params, start, tokens)
-    (_, want), want_grads = _grad(reference, params, start, tokens)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), out, want)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 grads, want_grads)
-    loop = [e for e in jax.make_jaxpr(m.apply)({'params': params}, start, tokens).eqns
-            if e.primitive.name == 'scan'][0].params['jaxpr']
-    dots = [e for e in loop.eqns if e.primitive.name == 'dot_general']
-    assert len(dots) == 1  # h @ W_h only (in the first layer's loop)
-
-
 def test_log_space_scan_of_a_long_sequence():
     """1,000 steps of a_t = 0.5, b_t = 1: h_t -> 2, where the product of the a_t (2^-1000)
     underflows float32 and log A_t - log A_k (the cumulative-sum form) loses digits."""
