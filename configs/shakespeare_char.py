@@ -16,7 +16,9 @@ On the val split it scores
          1.4697 is measured with, so this is the like-for-like comparison;
   1.4220 (2.0515) read as one stream, the carry passed on (`--dynamic --dynamic_lr=0`);
   1.2847 (1.8534) with dynamic evaluation (`--dynamic`: RMS rule, lr 3e-4; the lr was picked
-         on this split for the earlier dropout-0.25 run, so it is optimistic).
+         on this split for the earlier dropout-0.25 run, so it is optimistic);
+  1.2894 (1.8603) with the lr chosen on another text (`--dynamic_tune_file`: Hamlet's first
+         50k characters, absent from tiny-shakespeare, chose lr 5e-4; 2026-12-04 rerun).
 The windowed-100 curve at 250-step evals: 1.9446, 1.6811, 1.5814, 1.5289, 1.5062, 1.4911,
 1.4783, 1.4702, 1.4655, 1.4605, 1.4588 (step 2750), 1.4592 (2800). The train loss logged at
 step 2750 was 1.30 (with dropout on), a gap of 0.16.
