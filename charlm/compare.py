@@ -155,7 +155,7 @@ def score_variant(workdir: pathlib.Path, best_step: int, window: int | None,
         scores |= {'window': window,
                    'val_window_loss': evaluate.evaluate(str(workdir), window=window)['loss']}
     if dynamic is not None:
-        static = evaluate.evaluate(str(workdir), dynamic=dynamic | {'lr': 0.0})
+        static = evaluate.evaluate(str(workdir), dynamic=dynamic | {'lr': 0.0, 'rule': 'rms'})
         adapted = evaluate.evaluate(str(workdir), dynamic=dynamic, tune_file=tune_file,
                                     tune_lrs=tune_lrs)
         scores |= {'val_stateful_loss': static['dynamic']['loss'],
@@ -242,6 +242,9 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
         raise CharLMError(f'--steps={steps}: need a positive number of steps')
     if window is not None and window < 1:
         raise CharLMError(f'--window must be a positive number of tokens, got {window}')
+    if dynamic is not None:
+        from charlm import dynamic as dynamic_lib
+        dynamic_lib.check_settings(**dynamic)
     if tune_file is not None:
         evaluate.check_tuning(tune_file, tune_lrs, None, dynamic)
     configs = {name: variant_config(config, o, steps) for name, o in variants.items()}

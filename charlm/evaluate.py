@@ -126,6 +126,9 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
         raise CharLMError('use --split or --text_file, not both')
     if window is not None and window < 1:
         raise CharLMError(f'--window must be a positive number of tokens, got {window}')
+    if dynamic is not None:
+        from charlm import dynamic as dynamic_lib
+        dynamic_lib.check_settings(**dynamic)
     if tune_file is not None:
         check_tuning(tune_file, tune_lrs, text_file, dynamic)
     run = runs.find(workdir, step)
@@ -144,18 +147,44 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     out = {'workdir': workdir, 'checkpoint': run.which, 'step': run.step, 'source': source,
            'cell': run.model.cell, 'hidden_sizes': list(run.model.hidden_sizes), **scores}
     if dynamic is not None:
-        from charlm import dynamic as dynamic_lib
+        dynamic, prior = dynamic_setup(run, params, dynamic)
         tuned = {}
         if tune_file is not None:
-            tuned = tune_dynamic_lr(run, params, tune_file, tune_lrs, dynamic)
+            tuned = tune_dynamic_lr(run, params, tune_file, tune_lrs, dynamic, prior)
             dynamic = dynamic | {'lr': tuned['lr']}
-        out['dynamic'] = dynamic_lib.dynamic_evaluate(
-            run.model, params, ids, run.config.data.seq_len,
-            chars=out[tokenizers.text_units(tok.kind)],
-            unit=tokenizers.text_unit(tok.kind), **dynamic) | {'settings': dict(dynamic)}
+        out['dynamic'] = read_dynamically(
+            run, params, ids, dynamic, prior, chars=out[tokenizers.text_units(tok.kind)],
+            unit=tokenizers.text_unit(tok.kind)) | {'settings': dict(dynamic)}
         if tuned:
             out['dynamic']['tuned'] = tuned
     return out
+
+
+def dynamic_setup(run: runs.Run, params, dynamic: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The settings with the segment length filled in (seq_len 0: the run's data.seq_len),
+    and rule rms-global's prior: gradient statistics of the run's own training split."""
+    from charlm import dynamic as dynamic_lib
+    dynamic = {'seq_len': 0, 'stats_tokens': 1_000_000} | dynamic
+    dynamic['seq_len'] = dynamic['seq_len'] or run.config.data.seq_len
+    if dynamic['rule'] != 'rms-global':
+        return dynamic, None
+    train, _ = split_of(run, 'train')
+    logging.info('rms-global: gradient statistics of %s training tokens',
+                 f'{min(len(train) - 1, dynamic["stats_tokens"] or len(train)):,}')
+    prior = dynamic_lib.gradient_stats(run.model, params, train, dynamic['seq_len'],
+                                       streams=run.config.batch_size,
+                                       max_tokens=dynamic['stats_tokens'])
+    return dynamic, prior
+
+
+def read_dynamically(run: runs.Run, params, ids, dynamic: dict[str, Any], prior,
+                     **kw) -> dict[str, Any]:
+    """`charlm.dynamic.dynamic_evaluate` of `ids` with `dynamic_setup`'s settings."""
+    from charlm import dynamic as dynamic_lib
+    return dynamic_lib.dynamic_evaluate(
+        run.model, params, ids, dynamic['seq_len'], lr=dynamic['lr'], decay=dynamic['decay'],
+        rule=dynamic['rule'], streams=dynamic['streams'], prior=prior, **kw)
 
 
 def check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
@@ -173,20 +202,18 @@ def check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
                           'text, or the figure is tuned on itself')
 
 
-def tune_dynamic_lr(run: runs.Run, params, tune_file: str, lrs, dynamic: dict[str, Any]
-                    ) -> dict[str, Any]:
-    """Dynamic evaluation of `tune_file` at each lr of `lrs` (the other settings as given):
-    {'file', 'losses' (lr -> loss per token), 'lr' (the lowest loss's)}."""
-    from charlm import dynamic as dynamic_lib
-
+def tune_dynamic_lr(run: runs.Run, params, tune_file: str, lrs, dynamic: dict[str, Any],
+                    prior=None) -> dict[str, Any]:
+    """Dynamic evaluation of `tune_file` at each lr of `lrs` (the other settings as given,
+    filled in by `dynamic_setup`): {'file', 'losses' (lr -> loss per token), 'lr' (the
+    lowest loss's)}."""
     tok = run.tokenizer
     text = data.load_text(tune_file, as_bytes=tok.kind == 'byte')
     check_text(tok, text)
     ids = tok.encode(text)
     losses = {}
     for lr in lrs:
-        r = dynamic_lib.dynamic_evaluate(run.model, params, ids, run.config.data.seq_len,
-                                         **(dynamic | {'lr': float(lr)}))
+        r = read_dynamically(run, params, ids, dynamic | {'lr': float(lr)}, prior)
         losses[float(lr)] = r['loss']
         logging.info('dynamic evaluation of %s at lr %g: %.4f nats/token', tune_file, lr,
                      r['loss'])
@@ -217,6 +244,7 @@ def format_report(r: dict[str, Any]) -> str:
     if 'dynamic' in r:
         d, s = r['dynamic'], r['dynamic']['settings']
         lines.append(f'dynamic ({s["rule"]}, lr {s["lr"]:g}, decay {s["decay"]:g}, '
+                     f'segments of {s["seq_len"]}, '
                      f'{s["streams"]} stream{"s" if s["streams"] > 1 else ""}): loss '
                      f'{d["loss"]:.4f} nats/{unit}   {d[f"bits_per_{per}"]:.4f} bits/{per}   '
                      f'perplexity {d["perplexity"]:.3f}   ({d["loss"] - r["loss"]:+.4f} nats)')
@@ -253,8 +281,13 @@ def define_dynamic_flags() -> None:
     flags.DEFINE_float('dynamic_lr', 3e-4, 'Dynamic evaluation: step size (0 = static).')
     flags.DEFINE_float('dynamic_decay', 0.0, 'Dynamic evaluation: pull towards the trained '
                        'weights per step.')
-    flags.DEFINE_enum('dynamic_rule', 'rms', ['rms', 'sgd'], 'Dynamic evaluation: the update '
-                      'rule (rms: RMS-normalised gradients).')
+    flags.DEFINE_enum('dynamic_rule', 'rms', ['rms', 'sgd', 'rms-global'], 'Dynamic '
+                      'evaluation: the update rule (rms: RMS-normalised gradients; '
+                      'rms-global: Krause et al.\'s, RMS from the training split).')
+    flags.DEFINE_integer('dynamic_seq_len', 0, 'Dynamic evaluation: tokens read between '
+                         'updates (0 = the run\'s data.seq_len).')
+    flags.DEFINE_integer('dynamic_stats_tokens', 1_000_000, 'Dynamic evaluation, rms-global: '
+                         'training tokens its gradient statistics read (0 = all).')
     flags.DEFINE_integer('dynamic_streams', 1, 'Dynamic evaluation: the text read as this many '
                          'contiguous streams.')
     flags.DEFINE_string('dynamic_tune_file', None, 'Dynamic evaluation: pick its lr on this '
@@ -266,7 +299,8 @@ def define_dynamic_flags() -> None:
 def dynamic_from_flags() -> tuple[dict[str, Any] | None, str | None, tuple[float, ...]]:
     """(the dynamic settings, or None without --dynamic; the tuning file; its lrs)."""
     dynamic = (dict(lr=FLAGS.dynamic_lr, decay=FLAGS.dynamic_decay, rule=FLAGS.dynamic_rule,
-                    streams=FLAGS.dynamic_streams) if FLAGS.dynamic else None)
+                    streams=FLAGS.dynamic_streams, seq_len=FLAGS.dynamic_seq_len,
+                    stats_tokens=FLAGS.dynamic_stats_tokens) if FLAGS.dynamic else None)
     try:
         lrs = tuple(float(x) for x in FLAGS.dynamic_tune_lrs)
     except ValueError:

@@ -166,6 +166,26 @@ def test_dynamic_evaluation_reports_beside_the_static_figures(trained):
     assert after == before  # the checkpoint is only read
 
 
+def test_krause_rule_and_segment_length_from_the_command(trained):
+    """--dynamic_rule=rms-global takes its gradient statistics from the run's training
+    split; --dynamic_seq_len sets the segment (0: the run's seq_len); at lr 0 every rule
+    and segment scores the stateful static figure."""
+    workdir, _ = trained
+    base = dict(lr=0.0, decay=0.0, rule='rms', streams=1)
+    static = evaluate.evaluate(workdir, dynamic=base)['dynamic']
+    assert static['settings']['seq_len'] == runs.find(workdir).config.data.seq_len
+    same = evaluate.evaluate(workdir, dynamic=base | {'rule': 'rms-global', 'seq_len': 3})
+    assert same['dynamic']['loss'] == pytest.approx(static['loss'], rel=1e-5)
+    r = evaluate.evaluate(workdir, dynamic=base | {'rule': 'rms-global', 'seq_len': 3,
+                                                   'lr': 1e-2, 'decay': 1e-2,
+                                                   'stats_tokens': 200})
+    assert math.isfinite(r['dynamic']['loss']) and r['dynamic']['loss'] != static['loss']
+    assert 'dynamic (rms-global, lr 0.01, decay 0.01, segments of 3' in (
+        evaluate.format_report(r))
+    with pytest.raises(CharLMError, match='--dynamic_seq_len must be positive'):
+        evaluate.evaluate(workdir, dynamic=base | {'seq_len': -1})
+
+
 def test_dynamic_lr_tuned_on_another_text(trained, tmp_path):
     """--dynamic_tune_file: the lr is the one of the grid that reads that file best, and the
     reported figure is what that lr scores on the split."""
