@@ -15,7 +15,7 @@ global prior"): the mean squares come once from gradients of the training split
   r = min(RMS / mean RMS, 1 / decay)   (mean RMS: the mean over tensors of each one's mean)
 with eps = 1e-3 x mean RMS, so no setting depends on the scale of the gradients.
 `seq_len` is the segment read between updates: shorter segments update more often
-(Krause et al. use 5 for words, 20-50 for characters). lr=0 scores exactly what the
+(the paper's code defaults to 5 tokens, for word-level PTB). lr=0 scores exactly what the
 stateful static evaluation scores. The pass is one compiled scan over the windows, on
 one device, with no host sync per window; the checkpoint is never modified.
 """
