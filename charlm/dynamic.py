@@ -45,8 +45,8 @@ def windows(tokens: np.ndarray, seq_len: int, streams: int, max_tokens: int = 0
     return {k: np.stack([b[k][0] for b in batches]) for k in keys}
 
 
-def check_settings(*, lr: float, decay: float, rule: str, streams: int, seq_len: int = 0,
-                   stats_tokens: int = 0) -> None:
+def check_settings(*, lr: float, decay: float = 0.0, rule: str = 'rms', streams: int = 1,
+                   seq_len: int = 0, stats_tokens: int = 0) -> None:
     """Bad settings as one line each (seq_len 0 stands for the run's own), before any work."""
     if rule not in RULES:
         raise CharLMError(f'--dynamic_rule must be one of {", ".join(RULES)}, got {rule!r}')

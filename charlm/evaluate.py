@@ -165,7 +165,8 @@ def dynamic_setup(run: runs.Run, params, dynamic: dict[str, Any]
     """The settings with the segment length filled in (seq_len 0: the run's data.seq_len),
     and rule rms-global's prior: gradient statistics of the run's own training split."""
     from charlm import dynamic as dynamic_lib
-    dynamic = {'seq_len': 0, 'stats_tokens': 1_000_000} | dynamic
+    dynamic = {'decay': 0.0, 'rule': 'rms', 'streams': 1, 'seq_len': 0,
+               'stats_tokens': 1_000_000} | dynamic
     dynamic['seq_len'] = dynamic['seq_len'] or run.config.data.seq_len
     if dynamic['rule'] != 'rms-global':
         return dynamic, None
