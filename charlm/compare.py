@@ -131,7 +131,8 @@ def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.P
 
 def score_variant(workdir: pathlib.Path, best_step: int, window: int | None,
                   dynamic: dict[str, Any] | None, tune_file: str | None = None,
-                  tune_lrs: tuple[float, ...] = ()) -> dict[str, Any]:
+                  tune_lrs: tuple[float, ...] = (), tune_decays: tuple[float, ...] = ()
+                  ) -> dict[str, Any]:
     """The best checkpoint's val split scored as `charlm.evaluate` scores it: in windows of
     `window` tokens; read as one stream (dynamic evaluation at lr 0); with dynamic
     evaluation (its lr tuned on `tune_file` if given).
@@ -142,7 +143,9 @@ def score_variant(workdir: pathlib.Path, best_step: int, window: int | None,
     if not window and dynamic is None:
         return {}
     key = json.dumps({'best_step': best_step, 'window': window, 'dynamic': dynamic,
-                      'tune_file': tune_file, 'tune_lrs': list(tune_lrs)}, sort_keys=True)
+                      'tune_file': tune_file, 'tune_lrs': list(tune_lrs),
+                      **({'tune_decays': list(tune_decays)} if tune_decays else {})},
+                     sort_keys=True)
     path = workdir / 'scores.json'
     try:
         kept = json.loads(path.read_text(encoding='utf-8'))
@@ -157,10 +160,11 @@ def score_variant(workdir: pathlib.Path, best_step: int, window: int | None,
     if dynamic is not None:
         static = evaluate.evaluate(str(workdir), dynamic=dynamic | {'lr': 0.0, 'rule': 'rms'})
         adapted = evaluate.evaluate(str(workdir), dynamic=dynamic, tune_file=tune_file,
-                                    tune_lrs=tune_lrs)
+                                    tune_lrs=tune_lrs, tune_decays=tune_decays)
         scores |= {'val_stateful_loss': static['dynamic']['loss'],
                    'val_dynamic_loss': adapted['dynamic']['loss'],
-                   'dynamic_lr': adapted['dynamic']['settings']['lr']}
+                   'dynamic_lr': adapted['dynamic']['settings']['lr'],
+                   'dynamic_decay': adapted['dynamic']['settings']['decay']}
     _write_atomically(path, json.dumps(kept | {key: scores}, indent=2))
     return scores
 
@@ -222,11 +226,13 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
 def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, dict],
             out: str, steps: int | None = None, window: int | None = None,
             dynamic: dict[str, Any] | None = None, tune_file: str | None = None,
-            tune_lrs: tuple[float, ...] = ()) -> list[dict[str, Any]]:
+            tune_lrs: tuple[float, ...] = (), tune_decays: tuple[float, ...] = ()
+            ) -> list[dict[str, Any]]:
     """Trains every variant into OUT/<name>; writes compare.md, compare.json and curves.png.
 
     `variants`: {name: {config key: value}}, or a list of cells (each its own variant).
-    `window`, `dynamic` (and `tune_file`, `tune_lrs`): score columns (`score_variant`).
+    `window`, `dynamic` (and `tune_file`, `tune_lrs`, `tune_decays`): score columns
+    (`score_variant`).
     """
     if isinstance(variants, list | tuple):
         unknown = [c for c in variants if c not in model_lib.CELLS]
@@ -245,8 +251,8 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
     if dynamic is not None:
         from charlm import dynamic as dynamic_lib
         dynamic_lib.check_settings(**dynamic)
-    if tune_file is not None:
-        evaluate.check_tuning(tune_file, tune_lrs, None, dynamic)
+    if tune_file is not None or tune_decays:
+        evaluate.check_tuning(tune_file, tune_lrs, None, dynamic, tune_decays)
     configs = {name: variant_config(config, o, steps) for name, o in variants.items()}
     for c in configs.values():  # every variant builds, before any trains
         train.check_config(c)
@@ -258,7 +264,7 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
         try:
             row = run_variant(c, name, out_dir / name)
             row |= score_variant(out_dir / name, row['best_step'], window, dynamic, tune_file,
-                                 tune_lrs)
+                                 tune_lrs, tune_decays)
             if tune_file is not None:
                 row['dynamic_tuned_on'] = tune_file
             rows.append(row)
@@ -316,8 +322,9 @@ def main(argv):
             raise CharLMError('two --variant flags have the same NAME')
     else:
         variants = list(FLAGS.cells)
-    dynamic, tune_file, lrs = evaluate.dynamic_from_flags()
-    compare(FLAGS.config, variants, FLAGS.out, FLAGS.steps, FLAGS.window, dynamic, tune_file, lrs)
+    dynamic, tune_file, lrs, decays = evaluate.dynamic_from_flags()
+    compare(FLAGS.config, variants, FLAGS.out, FLAGS.steps, FLAGS.window, dynamic, tune_file, lrs,
+            decays)
     out = pathlib.Path(FLAGS.out)
     print((out / 'compare.md').read_text(encoding='utf-8'))
     print(f'wrote {out / "compare.md"}, {out / "compare.json"} and {out / "curves.png"}')

