@@ -34,6 +34,8 @@ from charlm.errors import CharLMError
 
 RULES = ('sgd', 'rms', 'rms-global')
 EPS_OF_MEAN_RMS = 1e-3  # rms-global's eps, relative to the mean RMS
+# Every setting but lr, as the command line defaults it (seq_len 0: the run's data.seq_len).
+DEFAULTS = {'decay': 0.0, 'rule': 'rms', 'streams': 1, 'seq_len': 0, 'stats_tokens': 1_000_000}
 
 
 def windows(tokens: np.ndarray, seq_len: int, streams: int, max_tokens: int = 0
@@ -45,8 +47,9 @@ def windows(tokens: np.ndarray, seq_len: int, streams: int, max_tokens: int = 0
     return {k: np.stack([b[k][0] for b in batches]) for k in keys}
 
 
-def check_settings(*, lr: float, decay: float = 0.0, rule: str = 'rms', streams: int = 1,
-                   seq_len: int = 0, stats_tokens: int = 0) -> None:
+def check_settings(*, lr: float, decay: float = DEFAULTS['decay'], rule: str = DEFAULTS['rule'],
+                   streams: int = DEFAULTS['streams'], seq_len: int = DEFAULTS['seq_len'],
+                   stats_tokens: int = DEFAULTS['stats_tokens']) -> None:
     """Bad settings as one line each (seq_len 0 stands for the run's own), before any work."""
     if rule not in RULES:
         raise CharLMError(f'--dynamic_rule must be one of {", ".join(RULES)}, got {rule!r}')
@@ -89,7 +92,7 @@ def _sum_squared_grads(model, params, windows_WxSxT: dict):
 
 
 def gradient_stats(model, params, tokens: np.ndarray, seq_len: int, *, streams: int = 64,
-                   max_tokens: int = 1_000_000) -> dict[str, Any]:
+                   max_tokens: int = DEFAULTS['stats_tokens']) -> dict[str, Any]:
     """rms-global's prior from training text: {'rms': per-parameter RMS of the gradient of a
     window's mean loss (`streams` streams of `seq_len`, read statefully, at most
     `max_tokens` targets; 0 = all), 'mean_rms': the mean over tensors of each one's mean}."""

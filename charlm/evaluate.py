@@ -34,6 +34,7 @@ from absl import app, flags, logging
 from flax import jax_utils
 
 from charlm import cli, data, runs, steps, tokenizers
+from charlm import dynamic as dynamic_lib
 from charlm.errors import CharLMError
 from charlm.tokenizers import _show
 
@@ -130,7 +131,6 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     if window is not None and window < 1:
         raise CharLMError(f'--window must be a positive number of tokens, got {window}')
     if dynamic is not None:
-        from charlm import dynamic as dynamic_lib
         dynamic_lib.check_settings(**dynamic)
     if tune_file is not None or tune_decays:
         check_tuning(tune_file, tune_lrs, text_file, dynamic, tune_decays)
@@ -168,9 +168,7 @@ def dynamic_setup(run: runs.Run, params, dynamic: dict[str, Any]
                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The settings with the segment length filled in (seq_len 0: the run's data.seq_len),
     and rule rms-global's prior: gradient statistics of the run's own training split."""
-    from charlm import dynamic as dynamic_lib
-    dynamic = {'decay': 0.0, 'rule': 'rms', 'streams': 1, 'seq_len': 0,
-               'stats_tokens': 1_000_000} | dynamic
+    dynamic = dynamic_lib.DEFAULTS | dynamic
     dynamic['seq_len'] = dynamic['seq_len'] or run.config.data.seq_len
     if dynamic['rule'] != 'rms-global':
         return dynamic, None
@@ -186,7 +184,6 @@ def dynamic_setup(run: runs.Run, params, dynamic: dict[str, Any]
 def read_dynamically(run: runs.Run, params, ids, dynamic: dict[str, Any], prior,
                      **kw) -> dict[str, Any]:
     """`charlm.dynamic.dynamic_evaluate` of `ids` with `dynamic_setup`'s settings."""
-    from charlm import dynamic as dynamic_lib
     return dynamic_lib.dynamic_evaluate(
         run.model, params, ids, dynamic['seq_len'], lr=dynamic['lr'], decay=dynamic['decay'],
         rule=dynamic['rule'], streams=dynamic['streams'], prior=prior, **kw)
@@ -307,8 +304,9 @@ def define_dynamic_flags() -> None:
                       'rms-global: Krause et al.\'s, RMS from the training split).')
     flags.DEFINE_integer('dynamic_seq_len', 0, 'Dynamic evaluation: tokens read between '
                          'updates (0 = the run\'s data.seq_len).')
-    flags.DEFINE_integer('dynamic_stats_tokens', 1_000_000, 'Dynamic evaluation, rms-global: '
-                         'training tokens its gradient statistics read (0 = all).')
+    flags.DEFINE_integer('dynamic_stats_tokens', dynamic_lib.DEFAULTS['stats_tokens'],
+                         'Dynamic evaluation, rms-global: training tokens its gradient '
+                         'statistics read (0 = all).')
     flags.DEFINE_integer('dynamic_streams', 1, 'Dynamic evaluation: the text read as this many '
                          'contiguous streams.')
     flags.DEFINE_string('dynamic_tune_file', None, 'Dynamic evaluation: pick its lr on this '
