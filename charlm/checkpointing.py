@@ -282,6 +282,9 @@ def check_same_model(saved: dict, config, workdir) -> None:
     if had_ema != has_ema:  # the average is part of the saved state
         diff.append(f'ema_decay: {saved.get("ema_decay", 0.0)} in checkpoint, '
                     f'{config.get("ema_decay", 0.0)} in config (on in one, off in the other)')
+    if saved.get('optimizer', 'adam') != config.get('optimizer', 'adam'):  # another state
+        diff.append(f'optimizer: {saved.get("optimizer", "adam")} in checkpoint, '
+                    f'{config.get("optimizer", "adam")} in config')
     if diff:
         raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
                           'use a new --workdir, or the checkpoint\'s settings')

@@ -47,6 +47,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise CharLMError(f'{name} must be a positive integer, got {value!r}')
     if not config.learning_rate >= 0:  # 0 is allowed: a frozen model (tests use it)
         raise CharLMError(f'learning_rate must be >= 0, got {config.learning_rate!r}')
+    optimizer, weight_decay = config.get('optimizer', 'adam'), config.get('weight_decay', 0.0)
+    if optimizer not in ('adam', 'adamw'):
+        raise CharLMError(f"unknown optimizer {optimizer!r}: use 'adam' or 'adamw'")
+    if not weight_decay >= 0:
+        raise CharLMError(f'weight_decay must be >= 0, got {weight_decay!r}')
+    if weight_decay and optimizer != 'adamw':
+        raise CharLMError(f'weight_decay={weight_decay} needs --config.optimizer=adamw (Adam '
+                          'would ignore it)')
     if not 0 <= config.get('ema_decay', 0.0) < 1:
         raise CharLMError(f'ema_decay must be in [0, 1) (0 = off), got {config.ema_decay!r}')
     for name in ('dropout_rate', 'weight_drop', 'embed_dropout'):

@@ -194,6 +194,7 @@ def trained_workdir(tiny_config, tmp_path):
     (lambda c, p: setattr(c.model, 'hidden_size', 32), 'different model'),
     (lambda c, p: setattr(c.model, 'cell', 'gru'), 'different model'),
     (lambda c, p: setattr(c.data, 'path', p), 'different vocabulary'),
+    (lambda c, p: setattr(c, 'optimizer', 'adamw'), 'optimizer: adam in checkpoint, adamw'),
 ])
 def test_mismatched_workdir_is_refused_and_untouched(tiny_config, trained_workdir, tmp_path,
                                                      change, match):
@@ -243,7 +244,8 @@ def test_cudnn_impl_needs_cuda_except_to_read_a_checkpoint(tiny_config):
 
 @pytest.mark.parametrize('field,value', [
     ('max_to_keep', 0), ('eval_every_steps', 0), ('batch_size', -8), ('data.seq_len', 0),
-    ('learning_rate', -1.0), ('model.dropout_rate', 1.0), ('sample.top_k', -1)])
+    ('learning_rate', -1.0), ('model.dropout_rate', 1.0), ('sample.top_k', -1),
+    ('optimizer', 'sgd'), ('weight_decay', 0.1)])
 def test_bad_settings_are_refused_before_training(tiny_config, trained_workdir, tmp_path,
                                                   field, value):
     """Checked at start-up, before a step: max_to_keep=0 would delete every checkpoint, and
@@ -341,6 +343,35 @@ def test_schedule_warmup_cosine_and_host_copy(tiny_config):
         assert float(sched(step)) == pytest.approx(float(ref(step + 1)), rel=1e-5)
         assert float(host(step)) == pytest.approx(float(sched(step)), rel=1e-5)
     assert float(sched(0)) > 0 and float(sched(99)) == pytest.approx(1e-3)
+
+
+def test_adamw_decays_every_parameter_by_the_scheduled_rate(tiny_config):
+    """AdamW's step is Adam's plus -lr_t * weight_decay * params (decoupled, on the same
+    schedule), and the settings around it are one-line errors."""
+    tiny_config.learning_rate, tiny_config.warmup_steps = 1e-2, 4
+    corpus, model, adam_state = _setup(tiny_config)
+    adamw_config = tiny_config.copy_and_resolve_references()
+    adamw_config.optimizer, adamw_config.weight_decay = 'adamw', 0.5
+    adamw = steps.make_optimizer(adamw_config)
+    adam = steps.make_optimizer(tiny_config)
+    params = adam_state.params
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3) + 0.01 * p, params)
+    s_adam, s_adamw = adam.init(params), adamw.init(params)
+    for step in range(3):
+        u_adam, s_adam = adam.update(grads, s_adam, params)
+        u_adamw, s_adamw = adamw.update(grads, s_adamw, params)
+        lr = float(steps.make_schedule(tiny_config)(step))
+        jax.tree.map(lambda a, w, p, lr=lr: np.testing.assert_allclose(
+            w - a, -lr * 0.5 * p, rtol=1e-4, atol=1e-9), u_adam, u_adamw, params)
+    for field, value, match in [('weight_decay', -1.0, 'weight_decay must be >= 0'),
+                                ('optimizer', 'sgd', "unknown optimizer 'sgd'")]:
+        bad = adamw_config.copy_and_resolve_references()
+        bad[field] = value
+        with pytest.raises(CharLMError, match=match):
+            train.check_config(bad)
+    tiny_config.weight_decay = 0.1
+    with pytest.raises(CharLMError, match='needs --config.optimizer=adamw'):
+        train.check_config(tiny_config)
 
 
 def test_bits_per_char_counts_predicted_characters(tiny_config):
