@@ -5,9 +5,10 @@ way a PyTorch user would write it.
       --dropout=0.1 --batch_size=64 --seq_len=100 --steps=20 --repeats=3 --json=-
 
 Embedding -> nn.LSTM(num_layers, batch_first=True, dropout between layers) -> dropout ->
-Linear; cross-entropy, clip_grad_norm_, Adam. `charlm.bench --compare_torch` runs this
-file in its own process, so its start-up time and memory high-water mark are its own, not
-shared with JAX. torch is an optional extra for benchmarking: only this file imports it.
+Linear; cross-entropy, clip_grad_norm_, Adam (AdamW with --weight_decay). `charlm.bench
+--compare_torch` runs this file in its own process, so its start-up time and memory
+high-water mark are its own, not shared with JAX. torch is an optional extra for
+benchmarking: only this file imports it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from charlm.procstats import cpu_count, peak_rss_mib, seconds_since_process_star
 def run(vocab_size: int = 65, embed_dim: int = 64, hidden_sizes=(256, 256), cell: str = 'lstm',
         dropout: float = 0.1, batch_size: int = 64, seq_len: int = 100, steps: int = 20,
         repeats: int = 3, warmup_steps: int = 5, learning_rate: float = 3e-3,
-        grad_clip_norm: float = 1.0, threads: int = 0, device: str = 'auto',
+        grad_clip_norm: float = 1.0, weight_decay: float = 0.0, threads: int = 0,
+        device: str = 'auto',
         sample: bool = False, sample_streams=(1, 256), sample_length: int = 512,
         seed: int = 0) -> dict:
     """Trains and optionally samples; returns the figures `charlm.bench` reports."""
@@ -81,7 +83,8 @@ def run(vocab_size: int = 65, embed_dim: int = 64, hidden_sizes=(256, 256), cell
     t_init = time.perf_counter()
     torch.manual_seed(seed)
     model = RecurrentLM().to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    opt = (torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+           if weight_decay else torch.optim.Adam(model.parameters(), lr=learning_rate))
     gen = torch.Generator(device=dev).manual_seed(seed)
     tokens = torch.randint(0, vocab_size, (max(100_000, 2 * (seq_len + 1)),), generator=gen,
                            device=dev)
@@ -173,6 +176,7 @@ def main(argv=None) -> None:
     p.add_argument('--warmup_steps', type=int, default=5)
     p.add_argument('--learning_rate', type=float, default=3e-3)
     p.add_argument('--grad_clip_norm', type=float, default=1.0)
+    p.add_argument('--weight_decay', type=float, default=0.0, help='> 0: AdamW, not Adam')
     p.add_argument('--threads', type=int, default=0, help='0 = the CPUs this process may use')
     p.add_argument('--device', default='auto', help="'auto' (cuda if available), 'cpu', 'cuda'")
     p.add_argument('--sample', action='store_true')
@@ -185,7 +189,8 @@ def main(argv=None) -> None:
               hidden_sizes=[int(h) for h in a.hidden_sizes.split(',')], cell=a.cell,
               dropout=a.dropout, batch_size=a.batch_size, seq_len=a.seq_len, steps=a.steps,
               repeats=a.repeats, warmup_steps=a.warmup_steps, learning_rate=a.learning_rate,
-              grad_clip_norm=a.grad_clip_norm, threads=a.threads, device=a.device,
+              grad_clip_norm=a.grad_clip_norm, weight_decay=a.weight_decay, threads=a.threads,
+              device=a.device,
               sample=a.sample, sample_streams=[int(s) for s in a.sample_streams.split(',')],
               sample_length=a.sample_length, seed=a.seed)
     text = json.dumps(out, indent=2)

@@ -187,8 +187,9 @@ def check_torch(config: ml_collections.ConfigDict) -> None:
     if importlib.util.find_spec('torch') is None:
         raise CharLMError('--compare_torch needs PyTorch, an optional extra that is not in '
                           'requirements.txt: pip install torch (the CPU wheel is enough)')
-    if config.optimizer != 'adam':
-        raise CharLMError(f'the torch baseline uses Adam; config.optimizer={config.optimizer!r}')
+    if config.optimizer not in ('adam', 'adamw'):
+        raise CharLMError(f'the torch baseline uses Adam or AdamW; '
+                          f'config.optimizer={config.optimizer!r}')
     if config.model.dtype != 'float32':
         raise CharLMError(f'the torch baseline runs in float32; '
                           f'model.dtype={config.model.dtype!r}')
@@ -202,6 +203,7 @@ def bench_torch(config: ml_collections.ConfigDict, vocab_size: int, *, steps: in
     check_torch(config)
     m = config.model
     sizes = steps_lib.layer_sizes(config)
+    decay = config.get('weight_decay', 0.0) if config.optimizer == 'adamw' else 0.0
     with tempfile.TemporaryDirectory() as tmp:
         out_path = pathlib.Path(tmp) / 'torch.json'
         cmd = [sys.executable, str(TORCH_SCRIPT), f'--vocab_size={vocab_size}',
@@ -211,6 +213,7 @@ def bench_torch(config: ml_collections.ConfigDict, vocab_size: int, *, steps: in
                f'--steps={steps}', f'--repeats={repeats}', f'--warmup_steps={warmup_steps}',
                f'--learning_rate={config.learning_rate}',
                f'--grad_clip_norm={config.grad_clip_norm}', f'--threads={threads}',
+               f'--weight_decay={decay}',
                f'--seed={config.seed}', f'--json={out_path}']
         if sample:
             cmd += ['--sample', f'--sample_streams={",".join(map(str, sample_streams))}',
