@@ -119,19 +119,19 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return _optimizer(config.optimizer, float(config.get('weight_decay', 0.0)),
                       float(config.grad_clip_norm), float(config.learning_rate),
                       float(config.end_lr_fraction), int(config.warmup_steps),
-                      int(config.num_train_steps))
+                      int(config.num_train_steps), float(config.get('adam_b2', 0.999)))
 
 
 @functools.lru_cache(maxsize=64)
 def _optimizer(name, weight_decay, clip_norm, learning_rate, end_lr_fraction, warmup_steps,
-               num_train_steps) -> optax.GradientTransformation:
+               num_train_steps, b2=0.999) -> optax.GradientTransformation:
     schedule = make_schedule(types.SimpleNamespace(
         learning_rate=learning_rate, end_lr_fraction=end_lr_fraction,
         warmup_steps=warmup_steps, num_train_steps=num_train_steps))
     if name == 'adam':
-        opt = optax.adam(schedule)
+        opt = optax.adam(schedule, b2=b2)
     elif name == 'adamw':
-        opt = optax.adamw(schedule, weight_decay=weight_decay)
+        opt = optax.adamw(schedule, b2=b2, weight_decay=weight_decay)
     else:
         raise CharLMError(f"unknown optimizer {name!r}: use 'adam' or 'adamw'")
     return optax.chain(optax.clip_by_global_norm(clip_norm), opt)

@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 200  # linear warmup from 0
     c.end_lr_fraction = 0.1  # cosine decays to this fraction of the peak at the last step
     c.weight_decay = 0.0  # adamw only
+    c.adam_b2 = 0.999  # Adam's second-moment decay (beta2), adam and adamw
     c.grad_clip_norm = 1.0  # clip the global gradient norm (all devices) to this
     c.ema_decay = 0.0  # > 0: evaluate, keep the best of and sample an exponential moving
     # average of the parameters (e.g. 0.999), updated every step, its decay warmed up as

@@ -374,6 +374,27 @@ def test_adamw_decays_every_parameter_by_the_scheduled_rate(tiny_config):
         train.check_config(tiny_config)
 
 
+def test_adam_b2_sets_the_second_moment_decay(tiny_config):
+    """`adam_b2` reaches Adam's second moment (nu = b2 nu + (1 - b2) g^2), and a value
+    outside [0, 1) is a one-line error."""
+    corpus, model, state = _setup(tiny_config)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-2), state.params)
+    for b2 in (0.999, 0.9):
+        tiny_config.adam_b2 = b2
+        opt = steps.make_optimizer(tiny_config)
+        opt_state = opt.init(state.params)
+        for _ in range(2):
+            _, opt_state = opt.update(grads, opt_state, state.params)
+        nu = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, 'nu'))
+              if hasattr(s, 'nu')][0].nu
+        expected = (1 - b2 ** 2) * 1e-4  # two steps of the same g = 1e-2 from nu = 0
+        for n in jax.tree.leaves(nu):
+            np.testing.assert_allclose(n, expected, rtol=1e-4)
+    tiny_config.adam_b2 = 1.0
+    with pytest.raises(CharLMError, match=r'adam_b2 must be in \[0, 1\)'):
+        train.check_config(tiny_config)
+
+
 def test_bits_per_char_counts_predicted_characters(tiny_config):
     corpus, _, _ = _setup(tiny_config)
     assert corpus.chars['val'] == len(corpus.tokens['val']) - 1  # char model: every target
