@@ -14,8 +14,8 @@ On the val split it scores
   1.3996 in windows of 256 (`charlm.evaluate --window=256`): the context nanoGPT's 1.4697
          is measured with, so this is the like-for-like comparison;
   1.3855 read as one stream, the carry passed on (`--dynamic --dynamic_lr=0`);
-  DYNAMIC with dynamic evaluation, Krause et al.'s rule (`--dynamic_rule=rms-global
-         --dynamic_seq_len=20`), its lr (DLR) and decay (DDECAY) chosen together on
+  1.2303 with dynamic evaluation, Krause et al.'s rule (`--dynamic_rule=rms-global
+         --dynamic_seq_len=20`), its lr (2e-5) and decay (0.001) chosen together on
          another text (`--dynamic_tune_file`: Hamlet's first 50k characters, absent from
          tiny-shakespeare; the command is in README, Results).
 The windowed-100 curve at 250-step evals: 1.7521, 1.5683, 1.5182, 1.4798, 1.4718, 1.4693,
