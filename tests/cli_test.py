@@ -51,7 +51,7 @@ def test_host_allocator_reuses_freed_blocks():
     ('modle.x', 'unknown config key modle.x: did you mean model? model has no x (its keys: cell, '),
     ('modle.hiden_size', 'unknown config key modle.hiden_size: did you mean model.hidden_size?'),
     ('modle', 'unknown config key modle: did you mean model?'),
-    ('zzz', 'unknown config key zzz: the config has no zzz (its keys: batch_size, '),
+    ('zzz', 'unknown config key zzz: the config has no zzz (its keys: adam_b2, batch_size, '),
     ('model.hidden_size.x', 'unknown config key model.hidden_size.x: model.hidden_size is a '
                             'value (16), not a section'),
 ])
