@@ -119,12 +119,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return _optimizer(config.optimizer, float(config.get('weight_decay', 0.0)),
                       float(config.grad_clip_norm), float(config.learning_rate),
                       float(config.end_lr_fraction), int(config.warmup_steps),
-                      int(config.num_train_steps), float(config.get('adam_b2', 0.999)))
+                      int(config.num_train_steps), adam_b2(config))
+
+
+def adam_b2(config: ml_collections.ConfigDict) -> float:
+    """Adam's beta2; runs saved before `adam_b2` existed used optax's 0.999."""
+    return float(config.get('adam_b2', 0.999))
 
 
 @functools.lru_cache(maxsize=64)
 def _optimizer(name, weight_decay, clip_norm, learning_rate, end_lr_fraction, warmup_steps,
-               num_train_steps, b2=0.999) -> optax.GradientTransformation:
+               num_train_steps, b2) -> optax.GradientTransformation:
     schedule = make_schedule(types.SimpleNamespace(
         learning_rate=learning_rate, end_lr_fraction=end_lr_fraction,
         warmup_steps=warmup_steps, num_train_steps=num_train_steps))

@@ -55,7 +55,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if weight_decay and optimizer != 'adamw':
         raise CharLMError(f'weight_decay={weight_decay} needs --config.optimizer=adamw (Adam '
                           'would ignore it)')
-    if not 0 <= config.get('adam_b2', 0.999) < 1:
+    if not 0 <= steps.adam_b2(config) < 1:
         raise CharLMError(f'adam_b2 must be in [0, 1), got {config.adam_b2!r}')
     if not 0 <= config.get('ema_decay', 0.0) < 1:
         raise CharLMError(f'ema_decay must be in [0, 1) (0 = off), got {config.ema_decay!r}')
