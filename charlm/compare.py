@@ -188,7 +188,7 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
     window = rows[0].get('window') if rows else None
     dynamic = bool(rows) and 'val_dynamic_loss' in rows[0]
     extra = ((f' val window {window} |' if window else '')
-             + (' val stateful | val dynamic (lr) |' if dynamic else ''))
+             + (' val stateful | val dynamic (lr, decay) |' if dynamic else ''))
     lines = [
         f'Same data ({config.data.path}, {config.data.tokenizer} tokens), seed {config.seed}, '
         f'{config.num_train_steps} steps of {config.batch_size} x {config.data.seq_len} tokens, '
@@ -206,7 +206,8 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
                      f'{r["best_val_loss"]:.4f} ({r["best_step"]:,}) | '
                      + (f'{r["val_window_loss"]:.4f} | ' if window else '')
                      + (f'{r["val_stateful_loss"]:.4f} | {r["val_dynamic_loss"]:.4f} '
-                        f'({r["dynamic_lr"]:g}) | ' if dynamic else '')
+                        f'({r["dynamic_lr"]:g}, {r.get("dynamic_decay", 0):g}) | '
+                        if dynamic else '')
                      + f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
     lines += ['', 'Losses are nats per token at the last step trained (fewer than the budget '
               'where early stopping ended a variant); the best val loss is the best '
@@ -216,7 +217,7 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
                   + ', '.join(([f'in windows of {window} tokens, each from a zero state']
                                if window else [])
                               + (['read as one stream with the carry passed on (stateful)',
-                                  'with dynamic evaluation at the lr given'
+                                  'with dynamic evaluation at the lr and decay given'
                                   + (f' (chosen on {rows[0]["dynamic_tuned_on"]})'
                                      if rows[0].get('dynamic_tuned_on') else '')]
                                  if dynamic else [])) + '.']

@@ -78,7 +78,7 @@ def test_two_sizes_train_as_variants_and_are_scored_as_evaluate_scores(tiny_conf
                                                                       monkeypatch):
     tiny_config.sample.prompts = ()
     tiny_config.num_train_steps, tiny_config.eval_every_steps = 4, 2
-    dynamic = dict(lr=1e-3, decay=0.0, rule='rms', streams=1)
+    dynamic = dict(lr=1e-3, decay=0.01, rule='rms', streams=1)
     rows = compare.compare(tiny_config, {'narrow': {'model.hidden_size': 8},
                                          'wide': {'model.hidden_size': 24}}, str(tmp_path),
                            window=24, dynamic=dynamic)
@@ -87,7 +87,7 @@ def test_two_sizes_train_as_variants_and_are_scored_as_evaluate_scores(tiny_conf
     assert rows[1]['parameters'] > rows[0]['parameters']
     table = (tmp_path / 'compare.md').read_text()
     assert '| narrow | lstm | 8x8 |' in table
-    assert '| val window 24 | val stateful | val dynamic (lr) |' in table
+    assert '| val window 24 | val stateful | val dynamic (lr, decay) |' in table
     # The columns are charlm.evaluate's figures for the best checkpoint.
     wide = str(tmp_path / 'wide')
     r = rows[1]
@@ -97,7 +97,7 @@ def test_two_sizes_train_as_variants_and_are_scored_as_evaluate_scores(tiny_conf
     assert (r['val_stateful_loss'], r['val_dynamic_loss'], r['dynamic_lr']) == (
         static, adapted, 1e-3)
     assert adapted != static
-    assert f'| {static:.4f} | {adapted:.4f} (0.001) |' in table
+    assert f'| {static:.4f} | {adapted:.4f} (0.001, 0.01) |' in table
     # Run again (as to finish a later variant): the finished ones are neither trained nor
     # scored again.
     monkeypatch.setattr(compare.evaluate, 'evaluate', None)
