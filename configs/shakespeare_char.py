@@ -72,7 +72,8 @@ threads where the figures above come from a run pinned to one core beside anothe
 9k chars/s, 44 min); the float rounding differs, and over 7,200 steps the two runs drift
 apart like two seeds: the rerun scored 1.4164 / 1.3894 (best at its last step; curve
 1.6772, 1.5455, 1.5236, 1.4935, 1.4757, 1.4626, 1.4583, 1.4461, 1.4360, 1.4268, 1.4251,
-1.4241, 1.4184, 1.4179, 1.4164), still under 1.42 and 1.40.
+1.4241, 1.4184, 1.4179, 1.4164), still under 1.42 and 1.40; dynamic, at lr 4e-5 and decay
+0.001 as above, 1.2119.
 
 At batch 64 for 3,600 steps, dropout 0.4 and lr 4e-3 (the same computation as at dropout
 0.35 and lr 5e-3: the dropout rate only moves a threshold and the lr scales the update), a
