@@ -63,6 +63,8 @@ def corpus_stats(config: ml_collections.ConfigDict, top: int = 30) -> dict[str, 
         ids = ids[1:]
     else:
         stats['unk_share'] = 0.0
+        if 'folded' in m:  # rare characters read as U+FFFD (id 0)
+            stats.update(folded=m['folded'], unk_share=float(counts[0] / max(stats['tokens'], 1)))
     # Ties in the order the word vocabulary breaks them: alphabetically.
     ranked = sorted(ids, key=lambda i: (-counts[i], tok.itos[i]))[:top]
     total = max(stats['tokens'], 1)
@@ -86,6 +88,11 @@ def report(stats: dict[str, Any]) -> str:
                      f'{100 * s["unk_share"]:.2f}% of the word tokens read as <unk>')
     else:
         lines.append(f'vocabulary: {s["vocab_size"]} {counted}')
+        if 'folded' in s:
+            f = s['folded']
+            lines.append(f'folded into U+FFFD: {f["characters"]:,} rare characters, '
+                         f'{f["occurrences"]:,} occurrences ({100 * s["unk_share"]:.3f}% of '
+                         'the characters)')
     unit = 'word tokens' if kind == 'word' else counted
     lines.append(f'most frequent {unit} (count, share):')
     width = max(len(tokenizers.visible(t)) for t, _, _ in s['top'])

@@ -60,8 +60,8 @@ class Settings:
 
     tokenizer: str = 'char'
     byte_vocab: str = 'seen'  # byte: the values seen, or 'all' 256
-    max_vocab: int = 0  # word only
-    min_count: int = 1  # word only
+    max_vocab: int = 0  # word and char: the most frequent tokens kept, <unk> / U+FFFD included
+    min_count: int = 1  # word and char: rarer tokens become <unk> / U+FFFD
     lowercase: bool = False  # word only
     val_fraction: float = 0.1
     test_fraction: float = 0.0
@@ -84,6 +84,8 @@ class Settings:
         if self.tokenizer == 'byte' and self.byte_vocab not in ('seen', 'all'):
             raise CharLMError(f"unknown data.byte_vocab {self.byte_vocab!r}: use 'seen' or "
                               "'all'")
+        if self.tokenizer != 'byte':
+            tokenizers.check_caps(self.max_vocab, self.min_count, self.tokenizer)
         for name in ('val_size', 'test_size'):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -99,10 +101,17 @@ class Settings:
         """The fields that matter for this tokenizer (others do not change the files)."""
         k = dataclasses.asdict(self)
         if self.tokenizer != 'word':
-            del k['max_vocab'], k['min_count'], k['lowercase']
+            del k['lowercase']
+            if self.tokenizer == 'byte' or not self.folds:  # unfolded: the keys of before
+                del k['max_vocab'], k['min_count']
         if self.tokenizer != 'byte':
             del k['byte_vocab']
         return k
+
+    @property
+    def folds(self) -> bool:
+        """A char corpus whose rare characters read as U+FFFD."""
+        return self.tokenizer == 'char' and tokenizers.folding(self.max_vocab, self.min_count)
 
     @property
     def by_tokens(self) -> bool:
@@ -290,6 +299,7 @@ def _scan(path: pathlib.Path, s: Settings, tick) -> dict[str, Any]:
     h, lines, total, done = hashlib.sha256(), 0, 0, 0
     seen, known = set(), bytearray()
     words: collections.Counter = collections.Counter()
+    codes = np.zeros(0x110000 if s.folds else 0, dtype=np.int64)  # folding: each character's count
     if s.tokenizer == 'word':
         for piece in _word_pieces(path):
             raw = piece.encode('utf-8')
@@ -305,9 +315,19 @@ def _scan(path: pathlib.Path, s: Settings, tick) -> dict[str, Any]:
             h.update(chunk)
             lines += chunk.count(b'\n')
             total += _new_units(chunk, offset, path, s.tokenizer == 'char', seen, known)
+            if s.folds:
+                codes += np.bincount(_code_points(chunk), minlength=len(codes))
             done += len(chunk)
             tick(done, 'scan')
-    if s.tokenizer == 'char':
+    folded = None
+    if s.folds:
+        counts = {chr(c): int(codes[c]) for c in np.flatnonzero(codes)}
+        tok = tokenizers.CharTokenizer.from_counts(counts, s.max_vocab, s.min_count
+                                                   ) if total else None
+        gone = [c for c in counts if tok is not None and c not in tok.stoi]
+        folded = {'characters': len(gone), 'occurrences': sum(counts[c] for c in gone),
+                  'examples': sorted(gone, key=lambda c: -counts[c])[:20]}
+    elif s.tokenizer == 'char':
         tok = tokenizers.CharTokenizer(sorted(seen)) if total else None
     elif s.tokenizer == 'byte':
         counts_256 = np.zeros(256, dtype=np.int64)
@@ -317,7 +337,12 @@ def _scan(path: pathlib.Path, s: Settings, tick) -> dict[str, Any]:
         tok = tokenizers.WordTokenizer.from_counts(words, s.max_vocab, s.min_count,
                                                    s.lowercase) if total else None
     return {'sha256': h.hexdigest(), 'lines': lines, 'total': total, 'tokenizer': tok,
-            'distinct_words': len(words) if s.tokenizer == 'word' else None}
+            'distinct_words': len(words) if s.tokenizer == 'word' else None, 'folded': folded}
+
+
+def _code_points(chunk: bytes) -> np.ndarray:
+    """The chunk's characters as uint32 code points (the chunk is whole UTF-8)."""
+    return np.frombuffer(chunk.decode('utf-8').encode('utf-32-le'), dtype=np.uint32)
 
 
 class _SplitWriter:
@@ -395,7 +420,7 @@ def _encode(path: pathlib.Path, s: Settings, tok, bounds: list[int], writer: _Sp
     else:
         if s.tokenizer == 'byte':  # byte -> id for all 256 (unseen: 0; the sha256 tells)
             table = bytes(np.maximum(tok.table, 0).astype(np.uint8))
-        else:
+        elif not s.folds:
             codes_V = np.array([ord(c) for c in tok.itos], dtype=np.uint32)
             table = bytes(np.searchsorted(codes_V, np.arange(256)).clip(0, 255)
                           .astype(np.uint8))  # right for ASCII; other bytes are replaced
@@ -403,6 +428,8 @@ def _encode(path: pathlib.Path, s: Settings, tok, bounds: list[int], writer: _Sp
             h.update(chunk)
             if s.tokenizer == 'byte':
                 ids = chunk if tok.vocab_size == 256 else chunk.translate(table)
+            elif s.folds:  # frequency order: a lookup table over code points
+                ids = tok.ids_of_codes(_code_points(chunk)).astype(writer.dtype)
             else:
                 ids = _char_ids(chunk, table, codes_V, writer.dtype)
             ids = np.frombuffer(ids, np.uint8) if isinstance(ids, bytes) else ids
@@ -492,6 +519,7 @@ def _write(path: pathlib.Path, name: str, s: Settings, tmp: pathlib.Path, tick
         'settings': s.key(), 'tokenizer': s.tokenizer, 'vocab_size': tok.vocab_size,
         'dtype': dtype.name, 'split_unit': unit, 'units': scan['total'],
         'lines': scan['lines'], 'distinct_words': scan['distinct_words'], 'splits': splits,
+        **({'folded': scan['folded']} if scan['folded'] else {}),
         'prepared_at': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
         'prepared_by': f'{socket.gethostname()}:{os.getpid()}',
         'seconds': round(time.perf_counter() - t0, 3),
@@ -670,6 +698,8 @@ def report(prepared: Prepared, made: bool) -> str:
                 ' MB/s' if made else ''),
              f'{m["vocab_size"]:,} {unit} tokens, {m["dtype"]} ids, split by '
              f'{m["split_unit"]}: {prepared.directory}']
+    if 'folded' in m:
+        lines.append(folded_line(m['folded']))
     for split, info in m['splits'].items():
         path = prepared.path(split)
         lines.append(f'  {path.name:<9} {info["tokens"]:>14,} tokens  '
@@ -677,6 +707,14 @@ def report(prepared: Prepared, made: bool) -> str:
                      f'{info["start"]:,}..{info["end"]:,})')
     lines.append('  tokenizer.json, meta.json')
     return '\n'.join(lines)
+
+
+def folded_line(folded: dict) -> str:
+    """How many rare characters a folding vocabulary reads as U+FFFD."""
+    shown = ''.join(tokenizers.visible(c) for c in folded['examples'][:10])
+    return (f'  folded into U+FFFD: {folded["characters"]:,} rare characters, '
+            f'{folded["occurrences"]:,} occurrences' + (f' (most frequent: {shown})'
+                                                        if shown else ''))
 
 
 def define_flags() -> None:

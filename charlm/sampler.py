@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm import model as model_lib
+from charlm import tokenizers
 from charlm.errors import CharLMError
 
 CHUNK = 128  # tokens per compiled call when streaming: memory does not grow with length
@@ -285,14 +286,15 @@ def encode_prompt(tokenizer, prompt: str, start: str = '\n', warn: bool = False)
     """The prompt's ids; an empty prompt starts from `start` (default a newline).
 
     Characters outside a char vocabulary raise CharLMError naming them; words outside a
-    word vocabulary read as <unk> (with a warning if `warn`).
+    word vocabulary read as <unk>, and characters a folding char vocabulary folded as
+    U+FFFD (with a warning if `warn`).
     """
     for text, what in ((prompt, 'prompt'), (start, 'start text')):
         if not text:
             continue
         try:
-            ids = tokenizer.encode(text, warn=True) if warn and tokenizer.kind == 'word' else (
-                tokenizer.encode(text))
+            ids = (tokenizer.encode(text, warn=True)
+                   if warn and tokenizers.reads_unknown(tokenizer) else tokenizer.encode(text))
         except CharLMError as e:
             raise CharLMError(f'the {what} {text!r} has {e}') from None
         if len(ids):

@@ -25,48 +25,105 @@ def _show(chars: Iterable[str], limit: int = 10) -> str:
 
 
 class CharTokenizer:
-    """One id per Unicode character; the vocabulary is sorted, so it is stable."""
+    """One id per Unicode character.
+
+    The vocabulary is sorted by code point, so it is stable; or, when rare characters are
+    folded (`data.max_vocab` / `data.min_count`), id 0 is the unknown symbol U+FFFD that
+    stands for every folded character, and the rest follow by frequency (ties by code
+    point), as the word tokenizer orders words: an adaptive softmax needs that order.
+    """
 
     kind = 'char'
+    UNK = '\ufffd'  # what a folded character reads as, and how a sample shows it
 
-    def __init__(self, chars: Sequence[str]):
+    def __init__(self, chars: Sequence[str], unk: bool = False):
         if not chars:
             raise CharLMError('the character vocabulary is empty')
         self.itos = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
+        self.folds = bool(unk)  # rare characters read as UNK (id 0)
         if len(self.stoi) != len(self.itos):
             raise CharLMError('the character vocabulary has duplicate entries')
+        if self.folds and self.itos[0] != self.UNK:
+            raise CharLMError('a folded character vocabulary must start with U+FFFD')
+        codes = [ord(c) for c in self.itos]
+        self._table = np.full(max(codes) + 1, 0 if self.folds else -1, dtype=np.int32)
+        self._table[codes] = np.arange(self.vocab_size, dtype=np.int32)
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(sorted(set(text)))
+    def from_text(cls, text: str, max_vocab: int = 0, min_count: int = 1) -> CharTokenizer:
+        check_caps(max_vocab, min_count, 'character')
+        if not folding(max_vocab, min_count):
+            return cls(sorted(set(text)))
+        return cls.from_counts(collections.Counter(text), max_vocab, min_count)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int], max_vocab: int = 0, min_count: int = 1
+                    ) -> CharTokenizer:
+        """The vocabulary of characters counted elsewhere; folds the rare ones when
+        max_vocab (U+FFFD included) or min_count asks for it."""
+        check_caps(max_vocab, min_count, 'character')
+        if not folding(max_vocab, min_count):
+            return cls(sorted(c for c, n in counts.items() if n))
+        kept = sorted((c for c, n in counts.items() if n >= min_count and c != cls.UNK),
+                      key=lambda c: (-counts[c], ord(c)))
+        if max_vocab:
+            kept = kept[: max_vocab - 1]
+        if not kept:
+            raise CharLMError(f'the character vocabulary is empty: no character occurs at '
+                              f'least min_count={min_count} times; lower data.min_count')
+        return cls([cls.UNK] + kept, unk=True)
 
     @property
     def vocab_size(self) -> int:
         return len(self.itos)
 
     def unknown(self, text: str) -> list[str]:
-        """Characters of `text` outside the vocabulary, in order of appearance."""
+        """Characters of `text` outside the vocabulary, in order of appearance (a folding
+        vocabulary reads them as U+FFFD; any other refuses them)."""
         return [c for c in dict.fromkeys(text) if c not in self.stoi]
 
-    def encode(self, text: str) -> np.ndarray:
-        missing = self.unknown(text)
-        if missing:
+    def encode(self, text: str, warn: bool = False) -> np.ndarray:
+        if self.folds:
+            if warn and (missing := self.unknown(text)):
+                warnings.warn(f'characters not in the vocabulary, read as U+FFFD: '
+                              f'{_show(missing)}', stacklevel=2)
+        elif missing := self.unknown(text):
             raise CharLMError(f'characters not in the vocabulary: {_show(missing)}')
         # A lookup table over code points encodes megabytes in milliseconds.
         codes = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
-        table = np.full(max(map(ord, self.itos)) + 1, -1, dtype=np.int32)
-        table[[ord(c) for c in self.itos]] = np.arange(self.vocab_size, dtype=np.int32)
-        return table[codes]
+        return self.ids_of_codes(codes)
+
+    def ids_of_codes(self, codes: np.ndarray) -> np.ndarray:
+        """int32 ids of code points; beyond the table, folded (0) or -1."""
+        inside = codes < len(self._table)
+        ids = self._table[np.where(inside, codes, 0)]
+        return ids if inside.all() else np.where(inside, ids, 0 if self.folds else -1)
 
     def decode(self, ids: Iterable[int]) -> str:
         return ''.join(self.itos[int(i)] for i in ids)
 
     def to_json(self) -> dict:
-        return {'kind': self.kind, 'vocab': self.itos}
+        return {'kind': self.kind, 'vocab': self.itos, **({'unk': True} if self.folds else {})}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and self.itos == other.itos
+        return (isinstance(other, CharTokenizer) and self.itos == other.itos
+                and self.folds == other.folds)
+
+
+def folding(max_vocab: int, min_count: int) -> bool:
+    """Whether data.max_vocab / data.min_count fold rare characters (their defaults: no)."""
+    return bool(max_vocab) or min_count > 1
+
+
+def check_caps(max_vocab: int, min_count: int, what: str) -> None:
+    """data.max_vocab and data.min_count, checked before any work."""
+    if max_vocab < 0 or min_count < 1:
+        raise CharLMError(f'data.max_vocab must be >= 0 and data.min_count >= 1, got '
+                          f'{max_vocab} and {min_count}')
+    if max_vocab == 1:
+        raise CharLMError(f'data.max_vocab=1 leaves no room for a {what} besides the '
+                          'unknown symbol: use at least 2 (or 0 for no cap)')
 
 
 # Words (with inner apostrophes: o'er, I'll), numbers, single punctuation marks and
@@ -236,6 +293,12 @@ Tokenizer = CharTokenizer | WordTokenizer | ByteTokenizer
 KINDS = ('char', 'byte', 'word')
 
 
+def reads_unknown(tok: Tokenizer) -> bool:
+    """Whether tokens outside the vocabulary read as an unknown id (word models' <unk>, a
+    folding char model's U+FFFD), with a warning, instead of being refused."""
+    return tok.kind == 'word' or (tok.kind == 'char' and tok.folds)
+
+
 def text_unit(kind: str) -> str:
     """What a loss 'per character of the text' counts: bytes for a byte model."""
     return 'byte' if kind == 'byte' else 'char'
@@ -266,7 +329,7 @@ def smallest_dtype(vocab_size: int) -> np.dtype:
 
 def from_json(d: dict) -> Tokenizer:
     if d.get('kind') == 'char':
-        return CharTokenizer(d['vocab'])
+        return CharTokenizer(d['vocab'], d.get('unk', False))
     if d.get('kind') == 'byte':
         return ByteTokenizer(d['vocab'])
     if d.get('kind') == 'word':
@@ -278,7 +341,7 @@ def build(kind: str, text: str, max_vocab: int = 0, min_count: int = 1,
           lowercase: bool = False) -> Tokenizer:
     """The tokenizer a config asks for, with its vocabulary built from the whole corpus."""
     if kind == 'char':
-        return CharTokenizer.from_text(text)
+        return CharTokenizer.from_text(text, max_vocab, min_count)
     if kind == 'word':
         return WordTokenizer.from_text(text, max_vocab, min_count, lowercase)
     if kind == 'byte':

@@ -364,7 +364,7 @@ def _write_samples(config, model, params, tok, key, step, writer) -> None:
     params = jax_utils.unreplicate(params)
     texts = {}
     for i, prompt in enumerate(s.prompts):
-        if tok.kind != 'word' and tok.unknown(prompt):
+        if not tokenizers.reads_unknown(tok) and tok.unknown(prompt):
             continue  # a prompt this corpus cannot spell is skipped, not fatal
         out = sampler.sample_text(model, params, tok, prompt, s.length, jax.random.fold_in(key, i),
                                   temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)

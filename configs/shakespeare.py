@@ -23,8 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     d.tokenizer = 'char'  # 'char' (UTF-8 text) | 'byte' (any file, 256 values) | 'word'
     d.byte_vocab = 'seen'  # byte tokenizer: the byte values the corpus holds, or 'all' 256
     d.lowercase = False  # word tokenizer only: fold case before building the vocabulary
-    d.max_vocab = 0  # word tokenizer only: keep the most frequent words (0 = all)
-    d.min_count = 1  # word tokenizer only: rarer words become <unk>
+    # word and char tokenizers: keep the most frequent tokens (0 = all), <unk> (words) or
+    # U+FFFD (characters: the rest fold into it, ids then ordered by frequency) included
+    d.max_vocab = 0
+    d.min_count = 1  # word and char tokenizers: rarer tokens become <unk> / U+FFFD
     d.val_fraction = 0.1  # last 10% of the characters validate (nanoGPT's split)
     d.test_fraction = 0.0  # carved from the very end, after validation; 0 = no test split
     d.val_size = 0  # val split in tokens, instead of val_fraction (enwik8/text8: 5_000_000)

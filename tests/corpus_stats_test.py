@@ -39,6 +39,16 @@ def test_word_stats_count_unk(tiny_config, tmp_path):
     assert pathlib.Path(out).stat().st_size > 10_000
 
 
+def test_char_stats_report_the_folded_characters(tiny_config):
+    tiny_config.data.min_count = 200  # the tiny corpus's rarer letters fold into U+FFFD
+    s = corpus_stats.corpus_stats(tiny_config, top=40)
+    folded = s['folded']
+    assert folded['characters'] > 0 and s['vocab_size'] == 35 - folded['characters'] + 1
+    assert s['unk_share'] * s['tokens'] == pytest.approx(folded['occurrences'])
+    assert ('\ufffd', folded['occurrences'], s['unk_share']) in s['top']
+    assert 'folded into U+FFFD: ' in corpus_stats.report(s)
+
+
 def test_visible():
     assert tokenizers.visible(' \n\tx\x07') == '␣⏎⇥xU+0007'
 

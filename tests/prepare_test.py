@@ -354,3 +354,25 @@ def test_builtin_corpus_is_prepared_too(tmp_path):
     assert corpus.meta['source']['name'] == data.BUILTIN
     assert len(corpus.tokens['train']) > 3_000_000 and corpus.meta['dtype'] == 'uint8'
     assert pathlib.Path(corpus.meta['source']['path']).parent == tmp_path
+
+
+def test_rare_characters_fold_into_u_fffd(tmp_path, small_chunks):
+    path = tmp_path / 'c.txt'
+    path.write_text(TEXT, encoding='utf-8')
+    config = config_for(path, tmp_path / 'cache', max_vocab=30)
+    corpus = data.load_corpus(config)
+    tok = tokenizers.build('char', TEXT, 30)
+    assert corpus.tokenizer == tok and tok.folds and tok.vocab_size == 30
+    splits = data.split_text(TEXT, config.data.val_fraction, config.data.test_fraction)
+    for k, tokens in corpus.tokens.items():
+        np.testing.assert_array_equal(tokens[:], tok.encode(splits[k]))
+    gone = sorted(set(TEXT) - set(tok.itos))
+    folded = corpus.meta['folded']
+    assert folded['characters'] == len(gone)
+    assert folded['occurrences'] == sum(TEXT.count(c) for c in gone)
+    prepared, _ = data.prepare(config)
+    assert 'folded into U+FFFD: ' in prepare.report(prepared, False)
+    # the unfolded corpus keeps its folder (its key has no max_vocab)
+    assert prepare.folder(path, prepare.Settings(), tmp_path) != prepare.folder(
+        path, prepare.Settings(max_vocab=30), tmp_path)
+    assert 'max_vocab' not in prepare.Settings().key()

@@ -115,6 +115,20 @@ def test_word_model_warns_about_unknown_words(tmp_path, caplog):
     assert texts[0] != texts[1]
 
 
+def test_folding_char_model_warns_about_folded_characters(tmp_path, caplog):
+    config = make_config(tmp_path)
+    tok = tokenizers.CharTokenizer.from_text(TEXT, max_vocab=12)
+    model = steps.make_model(config, tok.vocab_size)
+    state = steps.create_state(model, steps.make_optimizer(config), jax.random.key(0))
+    ckpts = checkpointing.Checkpoints(str(tmp_path / 'folded'))
+    ckpts.save(1, state, tok.to_json(), config.to_dict(), {})  # untrained is enough here
+    ckpts.wait()
+    ckpts.close()
+    texts = sample.run(str(tmp_path / 'folded'), 'Zq', length=8, out=io.StringIO())
+    assert "characters not in the vocabulary, read as U+FFFD: 'Z', 'q'" in caplog.text
+    assert texts[0].startswith('Zq') and len(texts[0]) == 10
+
+
 @pytest.mark.parametrize('args,match', [
     (['--prompt=ROMEO: Zq!'], "the prompt 'ROMEO: Zq!' has characters not in the vocabulary: "
                                "'Z', 'q'"),
