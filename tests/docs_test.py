@@ -13,7 +13,7 @@ without running it:
   of the config the command uses: its --config=FILE, or configs/shakespeare.py (the default
   config) when FILE is a placeholder (`...`) or the command is given no --config;
 - a --config=FILE that looks like a config path (configs/*.py) exists.
-Placeholders are fine: `W`, `DIR`, `/path/to/x`, `[--flag=...]`, `KEY=VALUE`.
+Placeholders are fine: `charlm.X`, `W`, `DIR`, `/path/to/x`, `[--flag=...]`, `KEY=VALUE`.
 """
 
 from __future__ import annotations
@@ -115,6 +115,18 @@ def _tree(module: str) -> ast.Module | None:
     return ast.parse(path.read_text(encoding='utf-8')) if path.exists() else None
 
 
+@functools.cache
+def _imports(module: str) -> dict[str, tuple[str, str]]:
+    """{local name: (charlm module, name)} of a module's `from charlm[.X] import ...`."""
+    out = {}
+    for node in ast.walk(_tree(module)):
+        if isinstance(node, ast.ImportFrom) and node.module == 'charlm':
+            out |= {a.asname or a.name: (a.name, '') for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('charlm.'):
+            out |= {a.asname or a.name: (node.module.split('.')[1], a.name) for a in node.names}
+    return out
+
+
 def _function(tree: ast.Module, name: str) -> ast.FunctionDef | None:
     return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name),
                 None)
@@ -137,12 +149,17 @@ def _define_calls(module: str, node: ast.AST, seen: set) -> dict[str, str]:
                                      'tests/docs_test.py to read it')
             found[arg.value] = name
         elif name.startswith('define_') and name.endswith('flags'):
-            owner = module
+            names = _imports(module)
             if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
-                owner = f.value.id  # `evaluate.define_dynamic_flags()`
+                owner = names.get(f.value.id, (f.value.id,))[0]  # evaluate.define_..._flags()
+            else:  # a function of this module, or one imported from another
+                owner, name = names.get(name, (module, name))
             target = _tree(owner)
             fn = target and _function(target, name)
-            if fn is not None and (owner, name) not in seen:
+            if fn is None:
+                raise AssertionError(f'charlm/{module}.py:{call.lineno}: cannot find {name} in '
+                                     f'charlm/{owner}.py; teach tests/docs_test.py to read it')
+            if (owner, name) not in seen:
                 seen.add((owner, name))
                 found |= _define_calls(owner, fn, seen)
     return found
@@ -226,6 +243,8 @@ def _is_placeholder(value: str) -> bool:
 
 def check_command(cmd: Command) -> list[tuple[int, str]]:
     """What is wrong with one command: (line, message) each; [] if nothing."""
+    if cmd.module.isupper():  # `python -m charlm.X --helpfull`: any command
+        return []
     flags_ = command_flags(cmd.module)
     if flags_ is None:
         return [(cmd.line, f'python -m charlm.{cmd.module}: no module charlm/{cmd.module}.py')]
