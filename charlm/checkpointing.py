@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from charlm import model as model_lib
+from charlm import watchdog
 from charlm.errors import CharLMError
 
 _ITEMS = ('state', 'tokenizer', 'config', 'meta', 'integrity')
@@ -184,8 +185,6 @@ class Checkpoints:
         return dest
 
     def _save_error(self, e: Exception, step: int) -> CharLMError:
-        from charlm import watchdog
-
         watchdog.confirm_peers()  # a save a dead process broke is reported as that process
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         full = 'No space left' in str(e) or getattr(e, 'errno', None) == 28
@@ -288,30 +287,6 @@ def check_same_model(saved: dict, config, workdir) -> None:
     if diff:
         raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
                           'use a new --workdir, or the checkpoint\'s settings')
-
-
-def saved_steps(directory: pathlib.Path) -> list[int]:
-    """The completed saves in a checkpoint folder, from the folder names (orbax writes a
-    save as STEP.orbax-checkpoint-tmp-... and renames it to STEP when complete), so bad input
-    fails before any checkpoint manager starts its threads."""
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def has_checkpoint(workdir: str) -> bool:
-    """True if WORKDIR/checkpoints holds a completed save (no managers are created)."""
-    return bool(saved_steps(pathlib.Path(workdir) / 'checkpoints'))
-
-
-def newest_checkpoint(workdir: str) -> str:
-    """The newest completed save, said as a clause for a message that ends a run at once."""
-    folder = pathlib.Path(workdir).expanduser().absolute() / 'checkpoints'
-    steps = saved_steps(folder)
-    if not steps:
-        return f'no checkpoint was saved yet in {folder}'
-    return (f'the newest complete checkpoint is step {steps[-1]} ({folder}/{steps[-1]}): run '
-            'the same command to resume from it')
 
 
 def _ignore_late_reads() -> None:

@@ -34,7 +34,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from charlm import checkpointing, cli, evaluate, metric_writer, plot, runs, tokenizers, train
+from charlm import cli, evaluate, metric_writer, plot, runs, tokenizers, train
 from charlm import model as model_lib
 from charlm import steps as steps_lib
 from charlm import workdir as workdir_lib
@@ -104,7 +104,7 @@ def _last(scalars: dict, tag: str, upto: int) -> float:
 def run_variant(config: ml_collections.ConfigDict, name: str, workdir: pathlib.Path
                 ) -> dict[str, Any]:
     """Trains one variant (resuming if its workdir holds a checkpoint) and reads its row."""
-    resumed = checkpointing.has_checkpoint(str(workdir))
+    resumed = workdir_lib.has_checkpoint(str(workdir))
     t0 = time.perf_counter()
     result = train.train_and_evaluate(config, str(workdir))
     wall = time.perf_counter() - t0

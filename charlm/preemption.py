@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from charlm import checkpointing
+from charlm import workdir as workdir_lib
 
 
 class StopRequest:
@@ -45,7 +45,7 @@ class StopRequest:
             return
         if signum != signal.SIGINT:
             return
-        saved = checkpointing.newest_checkpoint(self._workdir)
+        saved = workdir_lib.newest_checkpoint(self._workdir)
         os.write(2, f'charlm: stopped at once by a second {name}; {saved}\n'.encode())
         os._exit(128 + signum)
 

@@ -23,6 +23,7 @@ from absl import logging
 
 from charlm import checkpointing, steps, tokenizers
 from charlm import model as model_lib
+from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
 
 STEP_HELP = ('Checkpoint step: step N of WORKDIR/checkpoints (or of WORKDIR/best, if only '
@@ -135,8 +136,8 @@ def find(workdir: str, step: int | None = None) -> Run:
     if not path.is_dir():
         raise CharLMError(f'workdir {path} does not exist ({hint})')
     for _ in range(3):
-        latest = checkpointing.saved_steps(path / 'checkpoints')
-        best = checkpointing.saved_steps(path / 'best')
+        latest = workdir_lib.saved_steps(path / 'checkpoints')
+        best = workdir_lib.saved_steps(path / 'best')
         if not latest and not best:
             raise CharLMError(f'no checkpoint in {path} ({hint})')
         if step is None:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from charlm import checkpointing
+from charlm import workdir as workdir_lib
 
 _PREFIX = 'charlm/watchdog/'
 _current: Watchdog | None = None
@@ -133,7 +133,7 @@ class Watchdog:
         else:
             who = ('process ' if len(silent) == 1 else 'processes ') + ', '.join(map(str, silent))
             who += f' of {self.num_processes}'
-        saved = checkpointing.newest_checkpoint(self.workdir)
+        saved = workdir_lib.newest_checkpoint(self.workdir)
         line = (f'charlm: error: {who} stopped answering (silent for {gone_s:.0f}s, '
                 f'--heartbeat_timeout={self.timeout_s:g}: killed, crashed or its host is down), '
                 f'so process {self.me} stops too; {saved}\n')

@@ -1,6 +1,8 @@
-"""The training workdir: checked before a run starts, and held by one run at a time.
+"""The training workdir: checked before a run starts, held by one run at a time, and the
+saves it holds, read from their folder names (no checkpoint manager starts).
 
   WORKDIR/lock  who trains here now: {"host", "pid", "start", "boot", "heartbeat", ...}
+  WORKDIR/checkpoints/STEP/, WORKDIR/best/STEP/  the completed saves (`charlm.checkpointing`)
 
 A run holds the lock file for its whole life (`charlm.filelock`: an exclusive flock, its
 name and heartbeat inside), so a second run on the same workdir is refused with the
@@ -84,3 +86,27 @@ def hold_for_job(workdir: str) -> tuple[pathlib.Path, Hold | None]:
     if error is not None:
         raise error
     return path, hold
+
+
+def saved_steps(directory: pathlib.Path) -> list[int]:
+    """The completed saves in a checkpoint folder, from the folder names (orbax writes a
+    save as STEP.orbax-checkpoint-tmp-... and renames it to STEP when complete), so bad input
+    fails before any checkpoint manager starts its threads."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """True if WORKDIR/checkpoints holds a completed save (no managers are created)."""
+    return bool(saved_steps(pathlib.Path(workdir) / 'checkpoints'))
+
+
+def newest_checkpoint(workdir: str) -> str:
+    """The newest completed save, said as a clause for a message that ends a run at once."""
+    folder = pathlib.Path(workdir).expanduser().absolute() / 'checkpoints'
+    steps = saved_steps(folder)
+    if not steps:
+        return f'no checkpoint was saved yet in {folder}'
+    return (f'the newest complete checkpoint is step {steps[-1]} ({folder}/{steps[-1]}): run '
+            'the same command to resume from it')

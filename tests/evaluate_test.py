@@ -14,6 +14,7 @@ import pytest
 from conftest import SHAKESPEARE_LIKE, assert_one_line_error, run_cli
 
 from charlm import checkpointing, evaluate, metric_writer, runs, steps, tokenizers, train
+from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
 from charlm.tokenizers import WordTokenizer
 
@@ -145,7 +146,7 @@ def test_a_step_means_the_same_in_every_command(trained):
     workdir, _ = trained
     best = runs.find(workdir)
     assert best.best and best.where.endswith(f'/best/{best.step}')
-    for step in checkpointing.saved_steps(pathlib.Path(workdir) / 'checkpoints'):
+    for step in workdir_lib.saved_steps(pathlib.Path(workdir) / 'checkpoints'):
         assert not runs.find(workdir, step).best
     with pytest.raises(CharLMError, match='no checkpoint of step 3'):
         runs.find(workdir, 3)

@@ -15,6 +15,7 @@ import pytest
 from conftest import FAST_COMPILE, SHAKESPEARE_LIKE, assert_one_line_error, cli_env, run_cli
 
 from charlm import checkpointing, train, watchdog
+from charlm import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -175,7 +176,7 @@ def test_watchdog_names_the_silent_not_the_departed_and_the_newest_complete_save
     assert process_1.silent()[0] == [0]
     (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
     (tmp_path / 'checkpoints' / '20.orbax-checkpoint-tmp-1').mkdir()  # a save cut short
-    assert f'step 10 ({tmp_path}/checkpoints/10)' in checkpointing.newest_checkpoint(str(tmp_path))
+    assert f'step 10 ({tmp_path}/checkpoints/10)' in workdir_lib.newest_checkpoint(str(tmp_path))
 
 
 def _newest(workdir) -> int:
