@@ -5,6 +5,7 @@ r"""Trains variants of one config on the same data, seed and step budget, and ta
       --variant=gru:model.cell=gru [--config.data.path=FILE ...]
   python -m charlm.compare --config=configs/shakespeare.py --cells=rnn,lstm,gru ...
   python -m charlm.compare ... --window=256 --dynamic [--dynamic_tune_file=OTHER.txt]
+  python -m charlm.compare ... --seeds=0,1,2
 
 A variant is NAME:KEY=VALUE[,KEY=VALUE...] over the config (an empty list: the config as
 it is); --cells=a,b is shorthand for --variant=a:model.cell=a --variant=b:model.cell=b.
@@ -16,6 +17,10 @@ With --steps, validation runs at least 10 times along the way so the curves have
 --window=N and --dynamic add columns: each variant's best checkpoint scored on the val
 split as `charlm.evaluate` scores it, in windows of N, read as one stream (stateful), and
 with dynamic evaluation (its lr given, or chosen on --dynamic_tune_file).
+--seeds=0,1,2 trains every variant once per seed (config.seed set to it: init, dropout and
+data order) in OUT/<name>/seed-<S>; the table shows each figure as the mean ± the sample
+std (ddof=1) over the seeds, compare.json each seed's row too (`charlm.seeds`), and the
+curves the mean over seeds in a min-max band.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from charlm import cli, evaluate, metric_writer, plot, runs, tokenizers, train
+from charlm import cli, evaluate, metric_writer, plot, runs, seeds, tokenizers, train
 from charlm import model as model_lib
 from charlm import steps as steps_lib
 from charlm import workdir as workdir_lib
@@ -181,37 +186,54 @@ def _units(config) -> tuple[str, str]:
     return tokenizers.plural_unit(kind), tokenizers.text_unit(kind)
 
 
-def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> str:
+def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict,
+             seed_list: tuple[int, ...] | None = None) -> str:
+    """The table of `rows`; with `seed_list`, rows of `seeds.aggregate` (mean ± std)."""
     unit, per = _units(config)
+    show, setting = seeds.show, seeds.show_setting
     m = config.model
     sizes = steps_lib.layer_sizes(config)
     window = rows[0].get('window') if rows else None
     dynamic = bool(rows) and 'val_dynamic_loss' in rows[0]
     extra = ((f' val window {window} |' if window else '')
              + (' val stateful | val dynamic (lr, decay) |' if dynamic else ''))
+    seeded = seed_list is not None
+    seed_text = f'seeds {", ".join(map(str, seed_list))}' if seeded else f'seed {config.seed}'
     lines = [
-        f'Same data ({config.data.path}, {config.data.tokenizer} tokens), seed {config.seed}, '
+        f'Same data ({config.data.path}, {config.data.tokenizer} tokens), {seed_text}, '
         f'{config.num_train_steps} steps of {config.batch_size} x {config.data.seq_len} tokens, '
         f'embed {m.embed_dim}, hidden {"x".join(map(str, sizes))} unless a variant says '
         f'otherwise, on {jax.device_count()} {jax.devices()[0].platform} device(s).', '',
-        f'| variant | cell | hidden | parameters | steps | train loss | val loss | '
-        f'val bits/{per} | best val loss (step) |{extra} {unit}/s | wall time |',
-        '|---|---|---|---:|---:|---:|---:|---:|---:|' + '---:|' * extra.count('|') + '---:|---:|',
+        f'| variant | cell | hidden | parameters |{" seeds |" if seeded else ""} steps | '
+        f'train loss | val loss | val bits/{per} | best val loss (step) |{extra} {unit}/s | '
+        f'wall time{" (total)" if seeded else ""} |',
+        '|---|---|---|---:|' + '---:|' * seeded + '---:|---:|---:|---:|---:|'
+        + '---:|' * extra.count('|') + '---:|---:|',
     ]
     for r in rows:
         wall = metric_writer.duration(r['wall_seconds']) + (' (resumed)' if r['resumed'] else '')
         lines.append(f'| {r["variant"]} | {r["cell"]} | {"x".join(map(str, r["hidden_sizes"]))} '
-                     f'| {r["parameters"]:,} | {r["last_step"]:,} | {r["train_loss"]:.4f} | '
-                     f'{r["val_loss"]:.4f} | {r[f"val_bits_per_{per}"]:.4f} | '
-                     f'{r["best_val_loss"]:.4f} ({r["best_step"]:,}) | '
-                     + (f'{r["val_window_loss"]:.4f} | ' if window else '')
-                     + (f'{r["val_stateful_loss"]:.4f} | {r["val_dynamic_loss"]:.4f} '
-                        f'({r["dynamic_lr"]:g}, {r.get("dynamic_decay", 0):g}) | '
+                     f'| {r["parameters"]:,} | '
+                     + (f'{",".join(map(str, r["seeds"]))} | ' if seeded else '')
+                     + f'{setting(r["last_step"], ",")} | {show(r, "train_loss")} | '
+                     f'{show(r, "val_loss")} | {show(r, f"val_bits_per_{per}")} | '
+                     f'{show(r, "best_val_loss")} ({setting(r["best_step"], ",")}) | '
+                     + (f'{show(r, "val_window_loss")} | ' if window else '')
+                     + (f'{show(r, "val_stateful_loss")} | {show(r, "val_dynamic_loss")} '
+                        f'({setting(r["dynamic_lr"])}, {setting(r.get("dynamic_decay", 0))}) | '
                         if dynamic else '')
-                     + f'{r[f"{unit}_per_second"]:,.0f} | {wall} |')
+                     + f'{show(r, f"{unit}_per_second", ",.0f")} | {wall} |')
     lines += ['', 'Losses are nats per token at the last step trained (fewer than the budget '
               'where early stopping ended a variant); the best val loss is the best '
               'evaluation, the checkpoint in best/. Wall time includes compilation.']
+    if seeded:
+        lines += ['', 'Each variant trained once per seed (config.seed: init, dropout and data '
+                  'order). A figure is the mean ± the sample standard deviation (ddof=1) over '
+                  'its seeds; with one seed, that run\'s figure without ±. Steps, best step and '
+                  'the dynamic (lr, decay) are shown once where every seed agrees, else per seed '
+                  'in seed order, separated by /. Wall time is the total over seeds. Each '
+                  'seed\'s figures are in compare.json ("runs"); curves.png shows the mean '
+                  'over seeds in a band from their minimum to their maximum.']
     if window or dynamic:
         lines += ['', 'The best checkpoint scored on the whole val split by charlm.evaluate: '
                   + ', '.join(([f'in windows of {window} tokens, each from a zero state']
@@ -227,13 +249,14 @@ def markdown(rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> s
 def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, dict],
             out: str, steps: int | None = None, window: int | None = None,
             dynamic: dict[str, Any] | None = None, tune_file: str | None = None,
-            tune_lrs: tuple[float, ...] = (), tune_decays: tuple[float, ...] = ()
-            ) -> list[dict[str, Any]]:
+            tune_lrs: tuple[float, ...] = (), tune_decays: tuple[float, ...] = (),
+            seed_list: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
     """Trains every variant into OUT/<name>; writes compare.md, compare.json and curves.png.
 
     `variants`: {name: {config key: value}}, or a list of cells (each its own variant).
     `window`, `dynamic` (and `tune_file`, `tune_lrs`, `tune_decays`): score columns
-    (`score_variant`).
+    (`score_variant`). `seed_list`: train each variant once per seed, in OUT/<name>/seed-<S>,
+    and return one `seeds.aggregate` row per variant.
     """
     if isinstance(variants, list | tuple):
         unknown = [c for c in variants if c not in model_lib.CELLS]
@@ -254,45 +277,79 @@ def compare(config: ml_collections.ConfigDict, variants: list[str] | dict[str, d
         dynamic_lib.check_settings(**dynamic)
     if tune_file is not None or tune_decays:
         evaluate.check_tuning(tune_file, tune_lrs, None, dynamic, tune_decays)
-    configs = {name: variant_config(config, o, steps) for name, o in variants.items()}
+    if seed_list is not None:
+        seed_list = seeds.check(seed_list)
+        for name, o in variants.items():
+            if 'seed' in o:
+                raise CharLMError(f'--variant {name} sets seed, and --seeds trains every '
+                                  'variant once per seed: drop one of the two')
+    # (variant, seed or None) -> config: the seed overrides config.seed as a variant would.
+    configs = {(name, s): variant_config(config, o | ({} if s is None else {'seed': s}), steps)
+               for name, o in variants.items() for s in (seed_list or (None,))}
     for c in configs.values():  # every variant builds, before any trains
         train.check_config(c)
     out_dir = workdir_lib.check_workdir(out)
-    rows = []
-    for name, c in configs.items():
+    for name in variants:  # a seeded and an unseeded comparison do not share an OUT/<name>
+        if seed_list is not None and workdir_lib.has_checkpoint(str(out_dir / name)):
+            raise CharLMError(f'{out_dir / name} holds a run trained without --seeds: give '
+                              'another --out for the seeded comparison')
+        if seed_list is None and any((out_dir / name).glob('seed-*')):
+            raise CharLMError(f'{out_dir / name} holds runs trained with --seeds: add the same '
+                              '--seeds, or give another --out')
+    runs_done = []
+    for (name, seed), c in configs.items():
+        workdir = out_dir / name if seed is None else out_dir / name / f'seed-{seed}'
         logging.info('compare: training %s for %d steps in %s', name, c.num_train_steps,
-                     out_dir / name)
+                     workdir)
         try:
-            row = run_variant(c, name, out_dir / name)
-            row |= score_variant(out_dir / name, row['best_step'], window, dynamic, tune_file,
+            row = run_variant(c, name, workdir)
+            row |= score_variant(workdir, row['best_step'], window, dynamic, tune_file,
                                  tune_lrs, tune_decays)
             if tune_file is not None:
                 row['dynamic_tuned_on'] = tune_file
-            rows.append(row)
-            _write_tables(out_dir, rows, variant_config(config, {}, steps), list(configs))
+            if seed is not None:
+                row['seed'] = seed
+            runs_done.append(row)
+            _write_tables(out_dir, runs_done, variant_config(config, {}, steps),
+                          list(configs), seed_list)
         except Stopped:  # a signal ends the comparison, not only this variant
-            later = list(configs)[len(rows) + 1:]
-            logging.info('compare: stopped in variant %s%s; run the same command to resume '
-                         'the comparison', name,
+            later = [_label(k) for k in list(configs)[len(runs_done) + 1:]]
+            logging.info('compare: stopped in %s%s; run the same command to resume the '
+                         'comparison', _label((name, seed)),
                          f' (before {", ".join(later)})' if later else '')
             raise
-    return rows
+    return runs_done if seed_list is None else seeds.group(runs_done)
 
 
-def _write_tables(out_dir: pathlib.Path, rows: list[dict[str, Any]],
-                  config: ml_collections.ConfigDict, names: list[str]) -> None:
-    """compare.md, compare.json and curves.png of the variants done so far: after each, so a
+def _label(key: tuple[str, int | None]) -> str:
+    return key[0] if key[1] is None else f'{key[0]} seed {key[1]}'
+
+
+def _write_tables(out_dir: pathlib.Path, runs_done: list[dict[str, Any]],
+                  config: ml_collections.ConfigDict, keys: list[tuple[str, int | None]],
+                  seed_list: tuple[int, ...] | None) -> None:
+    """compare.md, compare.json and curves.png of the runs done so far: after each, so a
     long comparison shows its table as it goes (and says what is still to come)."""
-    table = markdown(rows, config)
-    if len(rows) < len(names):
-        table += (f'\n{len(rows)} of {len(names)} variants done; still to train: '
-                  f'{", ".join(names[len(rows):])} (run the same command to go on).\n')
+    rows = runs_done if seed_list is None else seeds.group(runs_done)
+    table = markdown(rows, config, seed_list)
+    if len(runs_done) < len(keys):
+        what = 'variants' if seed_list is None else 'runs (variant x seed)'
+        table += (f'\n{len(runs_done)} of {len(keys)} {what} done; still to train: '
+                  f'{", ".join(map(_label, keys[len(runs_done):]))} (run the same command to '
+                  'go on).\n')
     _write_atomically(out_dir / 'compare.md', table)
     _write_atomically(out_dir / 'compare.json', json.dumps(rows, indent=2))
-    done = names[:len(rows)]
-    plot.plot_runs([str(out_dir / n) for n in done], str(out_dir / 'curves.png'),
-                   title=f'{", ".join(done)}: same data, seed and {config.num_train_steps} '
-                         'steps')
+    names = [r['variant'] for r in rows]
+    if seed_list is None:
+        plot.plot_runs([r['workdir'] for r in rows], str(out_dir / 'curves.png'),
+                       title=f'{", ".join(names)}: same data, seed and '
+                             f'{config.num_train_steps} steps')
+    else:
+        plot.plot_seeds({r['variant']: [run['workdir'] for run in r['runs']] for r in rows},
+                        str(out_dir / 'curves.png'),
+                        title=f'{", ".join(names)}: same data and {config.num_train_steps} '
+                              f'steps; mean over seeds {",".join(map(str, seed_list))}, '
+                              'band min to max')
 
 
 # ------------------------------------------------------------------ command line
@@ -311,6 +368,9 @@ def define_flags() -> None:
     flags.DEFINE_string('out', None, 'Output directory: one workdir per cell, table, plot.')
     flags.DEFINE_integer('window', None, 'Also score each variant\'s best checkpoint on the val '
                          'split in windows of this many tokens (e.g. 256).')
+    flags.DEFINE_string('seeds', None, 'Comma-separated seeds, e.g. 0,1,2: train every variant '
+                        'once per seed (in OUT/NAME/seed-S; config.seed set to it) and table '
+                        'each figure as mean ± sample std over the seeds.')
     evaluate.define_dynamic_flags()  # --dynamic: stateful and dynamic columns
     flags.mark_flags_as_required(['config', 'out'])
 
@@ -323,9 +383,10 @@ def main(argv):
             raise CharLMError('two --variant flags have the same NAME')
     else:
         variants = list(FLAGS.cells)
+    seed_list = None if FLAGS.seeds is None else seeds.parse(FLAGS.seeds)
     dynamic, tune_file, lrs, decays = evaluate.dynamic_from_flags()
     compare(FLAGS.config, variants, FLAGS.out, FLAGS.steps, FLAGS.window, dynamic, tune_file, lrs,
-            decays)
+            decays, seed_list)
     out = pathlib.Path(FLAGS.out)
     print((out / 'compare.md').read_text(encoding='utf-8'))
     print(f'wrote {out / "compare.md"}, {out / "compare.json"} and {out / "curves.png"}')

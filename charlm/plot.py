@@ -14,7 +14,7 @@ import pathlib
 
 from absl import app, flags
 
-from charlm import cli, metric_writer
+from charlm import cli, metric_writer, seeds
 from charlm.errors import CharLMError
 
 
@@ -24,41 +24,68 @@ def run_labels(workdirs: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else str(w) for n, w in zip(names, workdirs, strict=True)]
 
 
+def read_run(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of one run; a run without loss scalars is an error."""
+    if not pathlib.Path(workdir).is_dir():
+        raise CharLMError(f'workdir not found: {workdir}')
+    scalars = metric_writer.read_scalars(workdir)
+    if not scalars.get('train/loss') and not scalars.get('val/loss'):
+        raise CharLMError(f'no training curves in {workdir}: it has no TensorBoard event '
+                          'files with train/loss or val/loss (is it a charlm workdir?)')
+    return scalars
+
+
 def read_runs(workdirs: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """label -> tag -> [(step, value)]; a run without loss scalars is an error."""
-    runs = {}
-    for workdir, label in zip(workdirs, run_labels(workdirs), strict=True):
-        if not pathlib.Path(workdir).is_dir():
-            raise CharLMError(f'workdir not found: {workdir}')
-        scalars = metric_writer.read_scalars(workdir)
-        if not scalars.get('train/loss') and not scalars.get('val/loss'):
-            raise CharLMError(f'no training curves in {workdir}: it has no TensorBoard event '
-                              'files with train/loss or val/loss (is it a charlm workdir?)')
-        runs[label] = scalars
-    return runs
+    return {label: read_run(w) for w, label in zip(workdirs, run_labels(workdirs), strict=True)}
 
 
 def plot_runs(workdirs: list[str], out: str, title: str | None = None) -> str:
     """Writes the train/val loss figure to `out` and returns `out`."""
-    import matplotlib
-    from matplotlib.ticker import MaxNLocator
-
     if not workdirs:
         raise CharLMError('no workdir given: --workdir=DIR [DIR ...]')
     out = str(cli.check_output(out, cli.figure_formats()))
-    runs = read_runs(workdirs)
+    curves = {label: {tag: (*zip(*scalars[tag], strict=True), None, None)
+                      for tag in ('train/loss', 'val/loss') if scalars.get(tag)}
+              for label, scalars in read_runs(workdirs).items()}
+    return _draw(curves, out, title)
+
+
+def plot_seeds(groups: dict[str, list[str]], out: str, title: str | None = None) -> str:
+    """Like `plot_runs` with one line per group of runs (a variant's seeds): their mean at
+    the steps all of them logged, in a band from their minimum to their maximum."""
+    if not groups or not all(groups.values()):
+        raise CharLMError('no workdir given for a group of runs')
+    out = str(cli.check_output(out, cli.figure_formats()))
+    curves = {}
+    for label, workdirs in groups.items():
+        runs = [read_run(w) for w in workdirs]
+        curves[label] = {}
+        for tag in ('train/loss', 'val/loss'):
+            if all(r.get(tag) for r in runs):
+                curves[label][tag] = seeds.mean_curve([r[tag] for r in runs])
+    return _draw(curves, out, title)
+
+
+def _draw(curves: dict[str, dict[str, tuple]], out: str, title: str | None) -> str:
+    """label -> tag -> (steps, values, band low or None, band high or None) -> `out`."""
+    import matplotlib
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(figsize=(12, 4.6))
     ax_t, ax_v = fig.subplots(1, 2, sharey=True)
     colors = matplotlib.rcParams['axes.prop_cycle'].by_key()['color']
-    for k, (label, scalars) in enumerate(runs.items()):
+    for k, (label, tags) in enumerate(curves.items()):
         color = colors[k % len(colors)]
-        if train := scalars.get('train/loss'):
-            steps, values = zip(*train, strict=True)
-            ax_t.plot(steps, values, color=color, linewidth=1.3, label=label)
-        if val := scalars.get('val/loss'):
-            steps, values = zip(*val, strict=True)
-            ax_v.plot(steps, values, color=color, linewidth=1.6, marker='o', markersize=3.5,
-                      label=label)
+        for tag, ax, style in (('train/loss', ax_t, dict(linewidth=1.3)),
+                               ('val/loss', ax_v, dict(linewidth=1.6, marker='o',
+                                                       markersize=3.5))):
+            if tag not in tags:
+                continue
+            steps, values, low, high = tags[tag]
+            ax.plot(steps, values, color=color, label=label, **style)
+            if low is not None:
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
     for ax, name in ((ax_t, 'training loss'), (ax_v, 'validation loss')):
         ax.set_title(name, fontsize=11)
         ax.set_xlabel('step')

@@ -164,6 +164,8 @@ def test_bad_cells_in_process(tiny_config, tmp_path):
                         tune_file='nowhere.txt', tune_lrs=(1e-3,))
     with pytest.raises(CharLMError, match='--window must be a positive'):
         compare.compare(tiny_config, ['lstm'], str(tmp_path / 'x'), window=0)
+    with pytest.raises(CharLMError, match='names seed 0 twice'):
+        compare.compare(tiny_config, ['lstm'], str(tmp_path / 'x'), seed_list=(0, 1, 0))
     assert not (tmp_path / 'x').exists()
     with pytest.raises(CharLMError, match="unknown cell 'transformer' in --cells"):
         compare.compare(tiny_config, ['lstm', 'transformer'], str(tmp_path))
@@ -178,6 +180,8 @@ def run(*args):
 @pytest.mark.parametrize('args,match', [
     (['--cells=rnn,bidirectional'], "unknown cell 'bidirectional'"),
     (['--config.data.path=/no/such/file.txt'], 'corpus file not found: /no/such/file.txt'),
+    (['--seeds=0,-1'], '--seeds: seed -1 is negative'),
+    (['--seeds=0,1', '--variant=a:seed=3'], '--variant a sets seed, and --seeds trains'),
 ])
 def test_bad_input_is_one_line(tmp_path, args, match):
     proc = run('charlm.compare', '--config=configs/tiny.py', '--steps=2', f'--out={tmp_path}',
@@ -186,3 +190,40 @@ def test_bad_input_is_one_line(tmp_path, args, match):
     assert 'Traceback' not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('charlm: error:')]
     assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
+
+
+
+def test_seeds_train_each_variant_per_seed_and_table_mean_and_std(tiny_config, tmp_path,
+                                                                  monkeypatch):
+    """seed_list=(0, 1): OUT/NAME/seed-S workdirs, mean ± std in compare.md, each seed's row in
+    compare.json; run again, it trains and scores nothing."""
+    tiny_config.sample.prompts = ()
+    narrow = {'narrow': {'model.hidden_size': 8}}  # the programs the tests above compiled
+    out = tmp_path / 'cmp'
+    [row] = compare.compare(tiny_config, narrow, str(out), steps=2, seed_list=(0, 1))
+    for seed in (0, 1):
+        saved = checkpointing.Checkpoints(str(out / 'narrow' / f'seed-{seed}'), create=False)
+        assert saved.latest_step() == 2
+    assert not (out / 'narrow' / 'checkpoints').exists()
+    assert json.loads((out / 'compare.json').read_text()) == [json.loads(json.dumps(row))]
+    assert row['seeds'] == [0, 1] and [r['seed'] for r in row['runs']] == [0, 1]
+    losses = [r['val_loss'] for r in row['runs']]
+    assert losses[0] != losses[1]  # the seed reached init and data
+    assert row['val_loss'] == pytest.approx(sum(losses) / 2)
+    assert row['std']['val_loss'] == pytest.approx(abs(losses[0] - losses[1]) / math.sqrt(2))
+    table = (out / 'compare.md').read_text()
+    assert f'| narrow | lstm | 8x8 | {row["parameters"]:,} | 0,1 | 2 |' in table
+    assert f'| {row["val_loss"]:.4f} ± {row["std"]["val_loss"]:.4f} |' in table
+    assert 'seeds 0, 1,' in table and '(ddof=1)' in table
+    assert (out / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+
+    def no_training(*args, **kwargs):
+        raise AssertionError('a finished run trained again')
+
+    monkeypatch.setattr(train.data, 'train_batch', no_training)
+    [again] = compare.compare(tiny_config, narrow, str(out), steps=2, seed_list=(0, 1))
+    assert [r['resumed'] for r in again['runs']] == [True, True]
+    assert [r['val_loss'] for r in again['runs']] == losses
+    # Seeded and unseeded runs do not mix in one OUT/NAME.
+    with pytest.raises(CharLMError, match='holds runs trained with --seeds'):
+        compare.compare(tiny_config, narrow, str(out), steps=2)
