@@ -8,7 +8,7 @@
 The split is re-derived from the checkpoint's own config (corpus, val/test fractions)
 and scored over every target in the same fixed windows as training's validation, so
 `--step=N` reproduces the val loss logged at step N. The checkpoint is found as every
-command finds one (`charlm.runs`).
+command finds one (`charlm.runs`); the figures are `charlm.scoring`'s, as `run.score`'s.
 
 `--window=N` scores in windows of N tokens instead (each from a zero state, as in
 training's validation): `--window=256` gives every prediction the context nanoGPT's
@@ -29,88 +29,11 @@ import math
 import pathlib
 from typing import Any
 
-import numpy as np
-from absl import app, flags, logging
-from flax import jax_utils
+from absl import app, flags
 
-from charlm import cli, data, runs, steps, tokenizers
+from charlm import cli, data, runs, scoring, tokenizers
 from charlm import dynamic as dynamic_lib
 from charlm.errors import CharLMError
-from charlm.tokenizers import _show
-
-
-def check_text(tokenizer: tokenizers.Tokenizer, text: str | bytes) -> None:
-    """A char (byte) model cannot read characters (bytes) it never saw: a one-line error
-    naming them."""
-    missing = tokenizer.unknown(text) if tokenizer.kind != 'word' else []
-    if missing:
-        what = tokenizers.text_units(tokenizer.kind)
-        raise CharLMError(f'the text has {what} the model never saw in training: '
-                          f'{_show(missing)}')
-
-
-# ------------------------------------------------------------------ scoring
-
-
-def split_of(run: runs.Run, split: str) -> tuple[data.TokenFile, int]:
-    """One split of the run's own corpus as training cut it (its prepared token file), and
-    the characters (bytes) it predicts."""
-    d = run.config.data
-    try:
-        corpus = data.load_corpus(run.config, run.tokenizer)
-    except CharLMError as e:
-        raise CharLMError(f'{e} (the corpus this run was trained on; score another file '
-                          'with --text_file)') from None
-    if split not in corpus.tokens:
-        raise CharLMError(f'this run has no {split} split (data.test_fraction='
-                          f'{d.test_fraction}, data.test_size={d.get("test_size", 0)}); use '
-                          '--split=val or --text_file')
-    return corpus.tokens[split], corpus.chars[split]
-
-
-def score(run: runs.Run, params, text: str | bytes, window: int | None = None,
-          token_losses: bool = False) -> dict[str, Any]:
-    """Loss per token (nats), bits per token and per character, perplexity, over `text`.
-
-    Characters outside a char model's vocabulary are an error naming them; words outside
-    a word model's vocabulary are scored as <unk> and counted in 'unknown_tokens'.
-    """
-    tok = run.tokenizer
-    check_text(tok, text)
-    ids = tok.encode(text)
-    chars = (len(ids) - 1 if tok.kind == 'byte'
-             else data.predicted_chars(tok, text))  # all but the first token's, as training
-    out = score_ids(run, params, ids, chars, window, token_losses)
-    if tok.kind == 'word':
-        out.update(unknown_tokens=int(np.sum(ids == 0)), unknown_words=tok.unknown(text)[:20])
-    return out
-
-
-def score_ids(run: runs.Run, params, ids, chars: int, window: int | None = None,
-              token_losses: bool = False) -> dict[str, Any]:
-    """`score` of token ids (an array or a prepared split) predicting `chars` characters;
-    with `token_losses`, also each predicted token's loss (float32[len(ids) - 1])."""
-    tok, config = run.tokenizer, run.config
-    if len(ids) < 2:
-        raise CharLMError(f'the text has {len(ids)} tokens; scoring needs at least 2')
-    # The same eval batch as training's validation: same windows, same sums.
-    layout = data.eval_layout(config.eval_batch_size)
-    eval_fn = steps.parallel_steps(run.model).eval  # cached: compiled once per model
-    params = jax_utils.replicate(params)
-    window = window or config.data.seq_len
-    per = tokenizers.text_unit(tok.kind)
-    losses = np.full(len(ids) - 1, np.nan, np.float32) if token_losses else None
-    metrics = steps.evaluate(eval_fn, params, ids, window, layout, chars,
-                             config.data.get('stateful', False), unit=per, token_losses=losses)
-    return ({'token_losses': losses} if token_losses else {}) | {
-        'tokenizer': tok.kind, tokenizers.text_units(tok.kind): chars,
-        'tokens': int(metrics['tokens']),
-        'window': window,
-        'loss': metrics['loss'], 'bits_per_token': metrics['bits_per_token'],
-        f'bits_per_{per}': metrics[f'bits_per_{per}'], 'perplexity': metrics['perplexity'],
-        'unknown_tokens': int(np.sum(np.asarray(ids) == 0)) if tok.kind == 'word' else 0,
-        'unknown_words': [],
-    }
 
 
 def evaluate(workdir: str, split: str | None = None, text_file: str | None = None,
@@ -138,55 +61,30 @@ def evaluate(workdir: str, split: str | None = None, text_file: str | None = Non
     tok = run.tokenizer
     if text_file:
         text, source = data.load_text(text_file, as_bytes=tok.kind == 'byte'), text_file
-        check_text(tok, text)  # before the slow part
+        scoring.check_text(tok, text)  # before the slow part
         ids = tok.encode(text)
     else:
         split = split or 'val'
-        ids, chars = split_of(run, split)
+        ids, chars = scoring.split_of(run, split)
         source = f'{split} split of {run.config.data.path}'
     params = run.params
-    scores = score(run, params, text, window) if text_file else score_ids(
+    scores = scoring.score(run, params, text, window) if text_file else scoring.score_ids(
         run, params, ids, chars, window)
     out = {'workdir': workdir, 'checkpoint': run.which, 'step': run.step, 'source': source,
            'cell': run.model.cell, 'hidden_sizes': list(run.model.hidden_sizes), **scores}
     if dynamic is not None:
-        dynamic, prior = dynamic_setup(run, params, dynamic)
+        dynamic, prior = scoring.dynamic_setup(run, params, dynamic)
         tuned = {}
         if tune_file is not None:
-            tuned = tune_dynamic_lr(run, params, tune_file, tune_lrs, dynamic, prior,
-                                    tune_decays)
+            tuned = scoring.tune_dynamic_lr(run, params, tune_file, tune_lrs, dynamic, prior,
+                                            tune_decays)
             dynamic = dynamic | {'lr': tuned['lr'], 'decay': tuned['decay']}
-        out['dynamic'] = read_dynamically(
+        out['dynamic'] = scoring.read_dynamically(
             run, params, ids, dynamic, prior, chars=out[tokenizers.text_units(tok.kind)],
             unit=tokenizers.text_unit(tok.kind)) | {'settings': dict(dynamic)}
         if tuned:
             out['dynamic']['tuned'] = tuned
     return out
-
-
-def dynamic_setup(run: runs.Run, params, dynamic: dict[str, Any]
-                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The settings with the segment length filled in (seq_len 0: the run's data.seq_len),
-    and rule rms-global's prior: gradient statistics of the run's own training split."""
-    dynamic = dynamic_lib.DEFAULTS | dynamic
-    dynamic['seq_len'] = dynamic['seq_len'] or run.config.data.seq_len
-    if dynamic['rule'] != 'rms-global':
-        return dynamic, None
-    train, _ = split_of(run, 'train')
-    logging.info('rms-global: gradient statistics of %s training tokens',
-                 f'{min(len(train) - 1, dynamic["stats_tokens"] or len(train)):,}')
-    prior = dynamic_lib.gradient_stats(run.model, params, train, dynamic['seq_len'],
-                                       streams=run.config.batch_size,
-                                       max_tokens=dynamic['stats_tokens'])
-    return dynamic, prior
-
-
-def read_dynamically(run: runs.Run, params, ids, dynamic: dict[str, Any], prior,
-                     **kw) -> dict[str, Any]:
-    """`charlm.dynamic.dynamic_evaluate` of `ids` with `dynamic_setup`'s settings."""
-    return dynamic_lib.dynamic_evaluate(
-        run.model, params, ids, dynamic['seq_len'], lr=dynamic['lr'], decay=dynamic['decay'],
-        rule=dynamic['rule'], streams=dynamic['streams'], prior=prior, **kw)
 
 
 def check_tuning(tune_file: str | None, lrs, text_file: str | None, dynamic, decays=()
@@ -208,30 +106,6 @@ def check_tuning(tune_file: str | None, lrs, text_file: str | None, dynamic, dec
             pathlib.Path(text_file).resolve()):
         raise CharLMError('--dynamic_tune_file is the text being reported: tune on another '
                           'text, or the figure is tuned on itself')
-
-
-def tune_dynamic_lr(run: runs.Run, params, tune_file: str, lrs, dynamic: dict[str, Any],
-                    prior=None, decays=()) -> dict[str, Any]:
-    """Dynamic evaluation of `tune_file` at each lr of `lrs` and each decay of `decays`
-    (default: the one given; the other settings as given, filled in by `dynamic_setup`):
-    {'file', 'lr' and 'decay' (the lowest loss's), 'losses' (lr -> loss per token at that
-    decay), 'decay_losses' (decay -> its losses)}."""
-    tok = run.tokenizer
-    text = data.load_text(tune_file, as_bytes=tok.kind == 'byte')
-    check_text(tok, text)
-    ids = tok.encode(text)
-    grid = {}
-    for decay in (decays or (dynamic['decay'],)):
-        losses = grid.setdefault(float(decay), {})
-        for lr in lrs:
-            settings = dynamic | {'lr': float(lr), 'decay': float(decay)}
-            losses[float(lr)] = read_dynamically(run, params, ids, settings, prior)['loss']
-            logging.info('dynamic evaluation of %s at lr %g, decay %g: %.4f nats/token',
-                         tune_file, lr, decay, losses[float(lr)])
-    decay, lr = min(((d, lr) for d, losses in grid.items() for lr in losses),
-                    key=lambda k: grid[k[0]][k[1]])
-    return {'file': tune_file, 'lr': lr, 'decay': decay, 'losses': grid[decay],
-            'decay_losses': grid}
 
 
 def format_report(r: dict[str, Any]) -> str:

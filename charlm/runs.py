@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from charlm import checkpointing, steps, tokenizers
+from charlm import activations, checkpointing, sampler, scoring, steps, tokenizers
 from charlm import model as model_lib
 from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
@@ -71,7 +71,6 @@ class Run:
         """prompt + a sampled continuation of `length` tokens (a list for num_samples > 1):
         the text `charlm.sample` prints for the same settings and seed. temperature=0 is
         greedy decoding."""
-        from charlm import sampler
         sampler.check_options(length, temperature, top_k, top_p, num_samples,
                               self.tokenizer.vocab_size)
         texts = sampler.sample_text(self.model, self.params, self.tokenizer, prompt, length,
@@ -85,14 +84,12 @@ class Run:
         bits_per_char or bits_per_byte, perplexity, ...) and 'token_losses': float32[N],
         the loss of each of its N predicted tokens in order. Windows of `window` tokens
         (default: training's), each from a zero state unless the run is stateful."""
-        from charlm import evaluate
-        return evaluate.score(self, self.params, text, window, token_losses=True)
+        return scoring.score(self, self.params, text, window, token_losses=True)
 
     def gates(self, text: str, layer: int = 0) -> dict[str, np.ndarray]:
         """Gate activations and state of layer `layer` over `text` (read from a zero state),
         each float32[T, H]: what `charlm.gates` draws."""
-        from charlm import gates
-        return gates.capture_text(self, text, layer)
+        return activations.capture_text(self, text, layer)
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
