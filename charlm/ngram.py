@@ -177,3 +177,42 @@ def distributions(lm: NGram, ids, order: int, positions=None) -> np.ndarray:
             older = ids[np.clip(t - k + 1, 0, None)]
             hist = np.where(t - k + 1 >= 0, older * v ** (k - 1) + hist, 0)
     return p
+
+
+def versus(train_ids, vocab_size: int, ids, model_bits, model_guess, classes_NxK,
+           class_names, page_positions, max_order: int = 9) -> dict:
+    """N-grams of every order counted on `train_ids`, scored on `ids` beside a model whose
+    bits and top guesses for ids[1:] are `model_bits` and `model_guess`: bits/char per order;
+    the best order's top guesses against the model's, overall and by the class of the
+    predicted character (`classes_NxK`, bool, one row per predicted character); and the best
+    order's top 5 after each of `page_positions` ('page_top_ids', 'page_top_p')."""
+    order = min(max_order, max_order_for(vocab_size))
+    lm = fit(np.asarray(train_ids), vocab_size, order)
+    per_char = bits(lm, ids)
+    mean = per_char.mean(1)
+    best = int(np.argmin(mean)) + 1
+    ends = [*range(0, len(ids) - 1, 20_000), len(ids) - 1]  # in pieces: [P, V] floats each
+    guess = np.concatenate([distributions(lm, ids, best, np.arange(a, b)).argmax(1)
+                            for a, b in zip(ends[:-1], ends[1:], strict=True)])
+    target = np.asarray(ids)[1:]
+    ngram_right, model_right = guess == target, np.asarray(model_guess) == target
+    by_class = {}
+    for k, name in enumerate(class_names):
+        m = classes_NxK[:, k]
+        by_class[name] = {
+            'count': int(m.sum()),
+            'model_bits': float(model_bits[m].mean()) if m.any() else None,
+            'ngram_bits': float(per_char[best - 1][m].mean()) if m.any() else None,
+            'model_right': float(model_right[m].mean()) if m.any() else None,
+            'ngram_right': float(ngram_right[m].mean()) if m.any() else None,
+            'model_only': int((model_right & ~ngram_right & m).sum()),
+            'ngram_only': int((ngram_right & ~model_right & m).sum())}
+    dist = distributions(lm, ids, best, page_positions)
+    top = np.argsort(-dist, 1)[:, :5]
+    return {'orders': np.arange(1, order + 1), 'bits_per_char': mean,
+            'model_bits_per_char': float(np.mean(model_bits)), 'best_order': best,
+            'model_right': float(model_right.mean()), 'ngram_right': float(ngram_right.mean()),
+            'model_only': int((model_right & ~ngram_right).sum()),
+            'ngram_only': int((ngram_right & ~model_right).sum()), 'by_class': by_class,
+            'train_chars': len(train_ids),
+            'page_top_ids': top, 'page_top_p': np.take_along_axis(dist, top, 1)}

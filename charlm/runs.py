@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from charlm import activations, checkpointing, sampler, scoring, steps, tokenizers
+from charlm import activations, checkpointing, interpret, sampler, scoring, steps, tokenizers
 from charlm import model as model_lib
 from charlm import workdir as workdir_lib
 from charlm.errors import CharLMError
@@ -90,6 +90,13 @@ class Run:
         """Gate activations and state of layer `layer` over `text` (read from a zero state),
         each float32[T, H]: what `charlm.gates` draws."""
         return activations.capture_text(self, text, layer)
+
+    def inspect(self, text: str, max_chars: int = 100_000) -> dict:
+        """`charlm.inspect`'s tables for `text` (its first `max_chars` characters), as dicts of
+        numpy arrays: 'claims' (gate means by character class, the tutorials' claims tested),
+        'units' (units most correlated with text features, one unit against a probe),
+        'saturation', 'ngram' (n-grams counted on the run's training split), 'page'."""
+        return interpret.analyse(self, text, max_chars)
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
