@@ -281,9 +281,10 @@ def versions() -> dict:
                 '--format=csv,noheader'], capture_output=True, text=True, timeout=30
            ).stdout.strip())}
     import jax
-    cuda_versions = _try(lambda: importlib.import_module('jax._src.lib').cuda_versions)
     sys.path.insert(0, str(ROOT))
+    from charlm import jax_private
     from charlm import steps as steps_lib
+    cuda_versions = _try(jax_private.cuda_versions)
     d = jax.devices()[0]
     out.update(
         backend=jax.default_backend(), devices=[f'{x.device_kind} ({x.platform})'

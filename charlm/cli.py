@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from absl import flags, logging
 from ml_collections import ConfigDict
 
+from charlm import jax_private
 from charlm.errors import CharLMError, Stopped
 
 
@@ -211,9 +212,9 @@ class _LibraryFilter(logging.logging.Filter):
     def filter(self, record):
         if record.levelno >= logging.logging.WARNING:
             return True
+        source, words = jax_private.BACKEND_LOG
         return 'orbax' not in record.pathname and not (
-            record.pathname.endswith('xla_bridge.py')
-            and str(record.msg).startswith('Unable to initialize backend'))
+            record.pathname.endswith(source) and str(record.msg).startswith(words))
 
 
 class _PlainFormatter(logging.logging.Formatter):

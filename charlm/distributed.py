@@ -11,6 +11,9 @@ A process that dies is noticed by `charlm.watchdog` within --heartbeat_timeout; 
 stop with one line. In the explicit set-up process 0 runs the job's coordination service in
 a child process, so that when process 0 itself dies the others still reach the key-value
 store and name it: jaxlib aborts them from C++ at once when the service dies with process 0.
+That service, and keeping jax.distributed.initialize from starting its own, are private
+jaxlib functions (`charlm.jax_private`), held for the pinned jax: a jax without them runs
+the service in process 0, as JAX does.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 import jax
 from absl import logging
 
-from charlm import watchdog
+from charlm import jax_private, watchdog
 from charlm.errors import CharLMError
 
 
@@ -79,18 +82,9 @@ def initialize(multihost: bool = False, coordinator_address: str | None = None,
         where = coordinator_address or 'the detected coordinator'
         raise CharLMError(f'could not join the multi-process job ({how}) at {where} within '
                           f'{timeout_s}s: {first}') from None
-    from jax._src import distributed as jax_distributed  # the client: its key-value store
-
-    watchdog.start(jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
+    watchdog.start(jax_private.distributed_client(), jax.process_index(), jax.process_count(),
                    heartbeat_timeout_s, workdir)
     return how
-
-
-class _NoService:
-    """What jax.distributed.initialize keeps as process 0's service when a child runs it."""
-
-    def shutdown(self) -> None:
-        pass
 
 
 def _service_in_child(address: str, num_processes: int, jax_heartbeat_s: int,
@@ -102,9 +96,7 @@ def _service_in_child(address: str, num_processes: int, jax_heartbeat_s: int,
     long enough for the others to read its silence from the store; it ends with process 0
     when process 0 ends normally (which is after every process's JAX shutdown).
     """
-    from jax._src.lib import _jax  # private: checked, and the in-process service otherwise
-
-    if not hasattr(_jax, 'get_distributed_runtime_service'):
+    if not jax_private.has_runtime_service():  # the in-process service, as JAX starts it
         return contextlib.nullcontext()
     port = address.rpartition(':')[2]
     linger_s = watchdog.longest_s(heartbeat_timeout_s) + 3
@@ -122,17 +114,7 @@ def _service_in_child(address: str, num_processes: int, jax_heartbeat_s: int,
         raise CharLMError(f'could not start the coordination service of this job on port '
                           f'{port}: {said or "it exited"}')
     atexit.register(_clean_exit, child)  # before JAX's shutdown, as atexit runs last first
-    return _jax_starts_no_service(_jax)
-
-
-@contextlib.contextmanager
-def _jax_starts_no_service(_jax):
-    make = _jax.get_distributed_runtime_service
-    _jax.get_distributed_runtime_service = lambda *args, **kwargs: _NoService()
-    try:
-        yield
-    finally:
-        _jax.get_distributed_runtime_service = make
+    return jax_private.no_runtime_service()
 
 
 def _clean_exit(child: subprocess.Popen) -> None:
@@ -147,12 +129,9 @@ def _serve(port: str, num_processes: int, jax_heartbeat_s: int, linger_s: float)
     closes), then `linger_s` more unless process 0 said it ended normally."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # a Ctrl-C to the job is for the trainers
         signal.signal(sig, signal.SIG_IGN)
-    from jax._src.lib import _jax
-
     try:
-        service = _jax.get_distributed_runtime_service(  # noqa: F841 (it serves while alive)
-            f'[::]:{port}', num_processes, heartbeat_timeout=jax_heartbeat_s,
-            shutdown_timeout=300)  # JAX's default
+        service = jax_private.runtime_service(  # noqa: F841 (it serves while alive)
+            f'[::]:{port}', num_processes, jax_heartbeat_s)
     except Exception as e:
         print(str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__,
               flush=True)

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+from charlm import jax_private
 from charlm import workdir as workdir_lib
 
 _PREFIX = 'charlm/watchdog/'
@@ -103,10 +104,8 @@ class Watchdog:
         return beats
 
     def _judge(self) -> None:
-        from jax._src import distributed
-
         while not self._stop.wait(self.period_s):
-            if distributed.global_state.client is not self.client:  # JAX has shut down
+            if jax_private.distributed_client() is not self.client:  # JAX has shut down
                 self._stop.set()
                 return
             silent, gone = self.silent()
