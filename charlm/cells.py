@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from charlm import kernels
+from charlm import kernels, recurrence
 
 # ------------------------------------------------------------------ minGRU, minLSTM
 
@@ -206,9 +206,9 @@ class LayerNormLSTMCell(_LSTMVariant):
         w_x, w_h, b_4H = self._weights(x_BxE.shape[-1])
         norm = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
         z_Bx4H = (nn.LayerNorm(use_bias=False, **norm, name='ln_x')(
-                      kernels._mm('be,eg->bg', x_BxE, w_x))
+                      recurrence.mm('be,eg->bg', x_BxE, w_x))
                   + nn.LayerNorm(use_bias=False, **norm, name='ln_h')(
-                      kernels._mm('bh,hg->bg', h_BxH, w_h))
+                      recurrence.mm('bh,hg->bg', h_BxH, w_h))
                   + b_4H[None])
         i, f, g, o = self._gates(z_Bx4H)
         c_BxH = f * c_BxH + i * g
@@ -247,8 +247,8 @@ class MogrifierLSTMCell(_LSTMVariant):
                 r_BxH = self._project(self.features, f'r{r}', x_BxE)
                 h_in_BxH = 2 * jax.nn.sigmoid(r_BxH.astype(jnp.float32)) * h_in_BxH
         w_x, w_h, b_4H = self._weights(x_BxE.shape[-1])
-        z_Bx4H = (kernels._mm('be,eg->bg', x_BxE, w_x) + kernels._mm('bh,hg->bg', h_in_BxH, w_h)
-                  + b_4H[None])
+        z_Bx4H = (recurrence.mm('be,eg->bg', x_BxE, w_x)
+                  + recurrence.mm('bh,hg->bg', h_in_BxH, w_h) + b_4H[None])
         i, f, g, o = self._gates(z_Bx4H)
         c_BxH = f * c_BxH + i * g
         h_BxH = o * jnp.tanh(c_BxH)
