@@ -7,7 +7,7 @@ r"""What a config's corpus holds: size, vocabulary, splits, and its most frequen
 
 Counts characters (bytes) for a char (byte) config and word tokens for a word config
 (with the share the vocabulary cap turns into <unk>), from the prepared corpus
-(`charlm.prepare`), so it runs in bounded memory on a corpus of any size. Whitespace is
+(`charlm.corpus_cache`), so it runs in bounded memory on a corpus of any size. Whitespace is
 shown as ␣ (space), ⏎ (newline) and ⇥ (tab), in the printout and on the bar chart.
 """
 

@@ -1,6 +1,6 @@
 """Corpora, splits, and batches.
 
-A config's corpus is prepared once (`charlm.prepare`: token files per split) and read here
+A config's corpus is prepared once (`charlm.corpus_cache`: token files per split) and read here
 as `TokenFile`s, memory-mapped a batch at a time; a batch function reads only its windows.
 
 Shapes (the one place they are named; other modules use these suffixes):
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from charlm import tokenizers
+from charlm import corpus_cache, preparing, tokenizers
 from charlm.errors import CharLMError
 
 BUILTIN = 'builtin:shakespeare'
@@ -119,7 +119,7 @@ def builtin_shakespeare(cache_dir: str | os.PathLike | None = None) -> str:
 def load_text(path: str, cache_dir: str | None = None, as_bytes: bool = False) -> str | bytes:
     """A (small) text in memory: BUILTIN (or '') or a UTF-8 text file (any file as_bytes).
 
-    Corpora are never read so (`prepare`); this is for texts a user names to score or plot.
+    Corpora are never read so (`charlm.preparing`); this is for texts a user names to score or plot.
     """
     if path in ('', BUILTIN):
         text = builtin_shakespeare(cache_dir)
@@ -212,20 +212,19 @@ def source_file(path: str, cache_dir: str | None = None) -> tuple[pathlib.Path, 
 
 
 def prepare(config, show=None, verify: bool = False, notice=None):
-    """The config's prepared corpus (`charlm.prepare`), made on first use; and whether
+    """The config's prepared corpus (`charlm.corpus_cache`), made on first use; and whether
     this call made it. `show(line, final)` shows its progress (default: a log line
     every 10 s)."""
     from absl import logging
 
-    from charlm import prepare as prepare_lib
     d = config.data
     path, name = source_file(d.path, d.cache_dir or None)
-    progress = prepare_lib.Progress(path.stat().st_size, show or _log_progress,
-                                    interval=0.2 if show else 10)
-    return prepare_lib.ensure(path, prepare_lib.Settings.from_config(d),
-                              cache_root(d.cache_dir or None), name=name,
-                              notice=notice or logging.warning, progress=progress,
-                              verify=verify)
+    progress = preparing.Progress(path.stat().st_size, show or _log_progress,
+                                  interval=0.2 if show else 10)
+    return corpus_cache.ensure(path, preparing.Settings.from_config(d),
+                               cache_root(d.cache_dir or None), name=name,
+                               notice=notice or logging.warning, progress=progress,
+                               verify=verify)
 
 
 def _log_progress(line: str, final: bool) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import SHAKESPEARE_LIKE, assert_one_line_error, run_cli
 
-from charlm import data, filelock, prepare, tokenizers
+from charlm import corpus_cache, corpus_reader, data, filelock, prepare, preparing, tokenizers
 from charlm.errors import CharLMError
 
 # Multi-byte characters (2, 3 and 4 bytes), a word split across lines, digits, quotes.
@@ -33,7 +33,7 @@ def config_for(path, cache, **data_fields):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of a few bytes: every chunk boundary cuts characters, words and splits."""
-    monkeypatch.setattr(prepare, 'CHUNK', 13)
+    monkeypatch.setattr(corpus_reader, 'CHUNK', 13)
 
 
 @pytest.mark.parametrize('fields', [
@@ -180,7 +180,7 @@ def test_second_use_reads_the_prepared_folder(tmp_path, monkeypatch):
     first, made = data.prepare(config)
     assert made
     calls = []
-    monkeypatch.setattr(prepare, '_write', lambda *a: calls.append(a))
+    monkeypatch.setattr(preparing, 'write', lambda *a: calls.append(a))
     again, made = data.prepare(config)
     assert not made and not calls and again.meta == first.meta
     os.utime(path, ns=(1, 1))  # touched, same content: the fingerprint says it is the same
@@ -228,7 +228,7 @@ def test_a_failed_preparation_leaves_nothing_trusted(tmp_path, monkeypatch):
     path = tmp_path / 'c.txt'
     path.write_text(TEXT, encoding='utf-8')
     config = config_for(path, tmp_path / 'cache')
-    real_write = prepare._SplitWriter.write
+    real_write = preparing._SplitWriter.write
     written = []
 
     def disk_full(self, split, ids):
@@ -237,7 +237,7 @@ def test_a_failed_preparation_leaves_nothing_trusted(tmp_path, monkeypatch):
         written.append(split)
         real_write(self, split, ids)
 
-    monkeypatch.setattr(prepare._SplitWriter, 'write', disk_full)
+    monkeypatch.setattr(preparing._SplitWriter, 'write', disk_full)
     with pytest.raises(CharLMError, match='cannot write the prepared corpus to .*the disk is '
                        'full.*data.cache_dir'):
         data.prepare(config)
@@ -253,7 +253,7 @@ def test_a_killed_preparation_is_prepared_again(tmp_path):
     path = tmp_path / 'c.txt'
     path.write_text(TEXT, encoding='utf-8')
     config = config_for(path, tmp_path / 'cache')
-    directory = prepare.folder(path, prepare.Settings.from_config(config.data),
+    directory = corpus_cache.folder(path, preparing.Settings.from_config(config.data),
                                tmp_path / 'cache')
     directory.parent.mkdir(parents=True)
     tmp = directory.with_name(f'.{directory.name}.tmp-somehost-1')
@@ -275,8 +275,8 @@ def test_one_process_prepares_while_the_others_wait(tmp_path, monkeypatch):
     path = tmp_path / 'c.txt'
     path.write_text(TEXT, encoding='utf-8')
     config = config_for(path, tmp_path / 'cache')
-    monkeypatch.setattr(prepare, 'POLL_SECONDS', 0.05)
-    directory = prepare.folder(path, prepare.Settings.from_config(config.data),
+    monkeypatch.setattr(corpus_cache, 'POLL_SECONDS', 0.05)
+    directory = corpus_cache.folder(path, preparing.Settings.from_config(config.data),
                                tmp_path / 'cache')
     directory.parent.mkdir(parents=True)
     holder = filelock.FileLock(directory.with_name(directory.name + '.lock'), 'test')
@@ -316,7 +316,7 @@ def test_bad_input_is_one_line(tmp_path):
 def test_a_corpus_changing_while_it_is_prepared(tmp_path, monkeypatch):
     path = tmp_path / 'c.txt'
     path.write_text(TEXT, encoding='utf-8')
-    real_scan = prepare._scan
+    real_scan = preparing._scan
 
     def scan_then_append(*args):
         out = real_scan(*args)
@@ -324,7 +324,7 @@ def test_a_corpus_changing_while_it_is_prepared(tmp_path, monkeypatch):
             f.write('more text\n')
         return out
 
-    monkeypatch.setattr(prepare, '_scan', scan_then_append)
+    monkeypatch.setattr(preparing, '_scan', scan_then_append)
     with pytest.raises(CharLMError, match='changed while it was being prepared'):
         data.prepare(config_for(path, tmp_path / 'cache'))
     assert [p.suffix for p in (tmp_path / 'cache' / 'prepared').iterdir()] == ['.lock']
@@ -373,6 +373,6 @@ def test_rare_characters_fold_into_u_fffd(tmp_path, small_chunks):
     prepared, _ = data.prepare(config)
     assert 'folded into U+FFFD: ' in prepare.report(prepared, False)
     # the unfolded corpus keeps its folder (its key has no max_vocab)
-    assert prepare.folder(path, prepare.Settings(), tmp_path) != prepare.folder(
-        path, prepare.Settings(max_vocab=30), tmp_path)
-    assert 'max_vocab' not in prepare.Settings().key()
+    assert corpus_cache.folder(path, preparing.Settings(), tmp_path) != corpus_cache.folder(
+        path, preparing.Settings(max_vocab=30), tmp_path)
+    assert 'max_vocab' not in preparing.Settings().key()
