@@ -21,7 +21,7 @@ import re
 import numpy as np
 from absl import app, flags
 
-from charlm import activations, cli, plot, runs, tokenizers
+from charlm import activations, cli, data, plot, runs, tokenizers
 from charlm.errors import CharLMError
 
 
@@ -116,7 +116,6 @@ def define_flags() -> None:
 @cli.command
 def main(argv):
     if FLAGS.text_file:
-        from charlm import data
         text = data.load_text(FLAGS.text_file)
     else:
         text = unescape(FLAGS.text)
