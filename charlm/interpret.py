@@ -394,11 +394,11 @@ def corpus(run):
 
 
 def analyse(run, text: str | None = None, max_chars: int = 100_000, ids=None,
-            train_ids=None, page_chars: int = PAGE_CHARS) -> dict:
+            train_ids=None, page_chars: int = PAGE_CHARS, max_order: int = 9) -> dict:
     """Every table of `charlm.inspect` for `text` (or token `ids`), its first `max_chars`
     characters: 'claims', 'units', 'saturation', 'ngram', and 'page' (what index.html shows).
     `run` is a `charlm.runs.Run`; `train_ids` (default: its training split) counts the
-    n-grams. Bad input fails before any work."""
+    n-grams, of orders 1 to `max_order`. Bad input fails before any work."""
     tok, model = run.tokenizer, run.model
     check_model(run)
     if max_chars < MIN_CHARS:
@@ -429,7 +429,7 @@ def analyse(run, text: str | None = None, max_chars: int = 100_000, ids=None,
               'saturation': saturation(cap),
               'ngram': ngram_lib.versus(train_ids, tok.vocab_size, ids, cap['bits'],
                                         cap['top_ids'][:-1, 0], cls[1:], CLASSES,
-                                        np.arange(min(page_chars, len(ids))))}
+                                        np.arange(min(page_chars, len(ids))), max_order)}
     p = min(page_chars, len(ids))
     picked = {}  # (layer, state, unit) -> the features it is among the top 3 of
     for row in units:

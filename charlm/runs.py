@@ -91,12 +91,13 @@ class Run:
         each float32[T, H]: what `charlm.gates` draws."""
         return activations.capture_text(self, text, layer)
 
-    def inspect(self, text: str, max_chars: int = 100_000) -> dict:
+    def inspect(self, text: str, max_chars: int = 100_000, max_order: int = 9) -> dict:
         """`charlm.inspect`'s tables for `text` (its first `max_chars` characters), as dicts of
         numpy arrays: 'claims' (gate means by character class, the tutorials' claims tested),
         'units' (units most correlated with text features, one unit against a probe),
-        'saturation', 'ngram' (n-grams counted on the run's training split), 'page'."""
-        return interpret.analyse(self, text, max_chars)
+        'saturation', 'ngram' (n-grams of orders 1..max_order counted on the run's training
+        split), 'page'."""
+        return interpret.analyse(self, text, max_chars, max_order=max_order)
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict, model, step: int,
