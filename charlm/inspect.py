@@ -68,10 +68,9 @@ def main(argv):
                      FLAGS.max_chars)
     ng = tables['ngram']
     for v in tables['claims']['claims']:
-        held = v['holds_in_layers']
-        print(f'{v["claim"]}: ' + ('not applicable' if not v['applicable'] else
-                                  f'holds in layer {", ".join(map(str, held))}' if held
-                                  else 'does not hold'))
+        rows = '; '.join(f'layer {r["layer"]} {r["verdict"]} ({r["difference"]:+.3f} '
+                         f'[{r["low"]:+.3f}, {r["high"]:+.3f}])' for r in v['layers'])
+        print(f'{v["claim"]}: {rows or "not applicable: no " + v["gate"] + " gate"}')
     print(f'model {ng["model_bits_per_char"]:.3f} bits/char; best n-gram ({ng["best_order"]}-gram) '
           f'{min(ng["bits_per_char"]):.3f}')
     print(f'wrote {FLAGS.out}/index.html and the tables beside it')

@@ -47,6 +47,7 @@ CLAIMS = (
 )
 MIN_CHARS = 200
 LOW, HIGH = 0.1, 0.9  # saturation thresholds (the paper's)
+SMALL = 0.02  # a difference of mean gate values below this holds only 'but small'
 PAGE_CHARS = 5000
 SPEAKER = re.compile(r"^[A-Z][A-Za-z' .,-]{0,40}:$")
 
@@ -259,22 +260,17 @@ def block_bootstrap(values_N: np.ndarray, masks_NxK: np.ndarray, block: int = 25
         return sums.sum(0) / counts.sum(0), (w @ sums) / (w @ counts)
 
 
-def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
-
-
 def gate_tables(cap: dict, cls_NxK: np.ndarray, cell: str) -> dict:
     """Per layer and gate: each class's mean with its 95% interval, and the claims."""
     names = gate_names(cell)
     k = len(CLASSES)
-    masks = np.concatenate([cls_NxK, ~cls_NxK[:, [CLASSES.index(c) for c in CLASSES]]], 1)
-    layers, verdicts = [], []
-    boot = {}
+    masks = np.concatenate([cls_NxK, ~cls_NxK], 1)  # each class, and all but it
+    layers, verdicts, boot = [], [], {}
     for i, layer in enumerate(cap['layers']):
         table = {}
         for g in names:
             mean, samples = block_bootstrap(layer['mean'][g], masks)
-            lo, hi = _interval(samples[:, :k])
+            lo, hi = np.nanpercentile(samples[:, :k], [2.5, 97.5], axis=0)
             table[g] = {'mean': mean[:k], 'low': lo, 'high': hi,
                         'count': cls_NxK.sum(0), 'overall': float(layer['mean'][g].mean())}
             boot[i, g] = (mean, samples)
@@ -288,22 +284,26 @@ def gate_tables(cap: dict, cls_NxK: np.ndarray, cell: str) -> dict:
             ia = CLASSES.index(a)
             ib = CLASSES.index(b) if b else k + ia  # else: every position not in a
             diff = mean[ia] - mean[ib]
-            lo, hi = _interval(samples[:, ia] - samples[:, ib])
+            lo, hi = np.nanpercentile(samples[:, ia] - samples[:, ib], [2.5, 97.5])
             # how many units show it on their own: per-unit means from the class sums
             sums, na = layer['class_sums'][gate], cls_NxK[:, ia].sum()
             nb_ = cls_NxK[:, ib].sum() if b else cls_NxK.shape[0] - na
             unit_b = sums[ib] / max(nb_, 1) if b else (sums[-1] - sums[ia]) / max(nb_, 1)
             unit_diff = sums[ia] / max(na, 1) - unit_b
-            held = (hi < 0) if sign < 0 else (lo > 0) if sign > 0 else (lo > 0) | (hi < 0)
+            held = bool(na and nb_) and bool(
+                (hi < 0) if sign < 0 else (lo > 0) if sign > 0 else (lo > 0) | (hi < 0))
+            opposite = bool((lo > 0) if sign < 0 else (hi < 0) if sign > 0 else False)
+            verdict = ('holds' if held and abs(diff) >= SMALL else 'holds, but small '
+                       f'(under {SMALL})' if held else 'the opposite holds' if opposite
+                       else 'no difference')
             units = (np.mean(unit_diff * (sign or np.sign(diff)) > 0.05)
                      if na and nb_ else float('nan'))
             rows.append({'layer': i, 'difference': float(diff), 'low': float(lo),
-                         'high': float(hi), 'holds': bool(held and na and nb_),
+                         'high': float(hi), 'holds': held, 'verdict': verdict,
                          'units_over_0.05': float(units), 'n_a': int(na), 'n_b': int(nb_)})
-        applicable = bool(rows)
         verdicts.append({'claim': name, 'gate': gate, 'class': a,
                          'against': b or f'every position not a {a}', 'sign': sign,
-                         'layers': rows, 'applicable': applicable,
+                         'layers': rows, 'applicable': bool(rows),
                          'holds_in_layers': [r['layer'] for r in rows if r['holds']]})
     return {'classes': list(CLASSES), 'layers': layers, 'claims': verdicts}
 
@@ -314,7 +314,7 @@ def unit_tables(cap: dict, feats_NxF: np.ndarray, top: int = 5, block: int = 100
     out R^2 of the best unit (picked and fitted on the other positions) beside a ridge probe
     over all the layer's units. Every fifth block of `block` positions is held out; the
     fits read at most `probe_positions` of the others, evenly spaced."""
-    n, nf = feats_NxF.shape
+    n = len(feats_NxF)
     test = (np.arange(n) // block) % 5 == 4
     if not test.any() or test.all():
         test = np.arange(n) >= int(n * 0.8)

@@ -77,7 +77,7 @@ def claims_markdown(tables: dict, source: str = '') -> str:
             lines.append(f'| {v["claim"]} | - | - | - | - | no {v["gate"]} gate in a '
                          f'{tables["cell"]} |')
         for r in v['layers']:
-            verdict = 'holds' if r['holds'] else 'does not hold'
+            verdict = r['verdict']
             lines.append(f'| {v["claim"]} | {r["layer"]} | {r["difference"]:+.4f} | '
                          f'[{r["low"]:+.4f}, {r["high"]:+.4f}] | {r["units_over_0.05"]:.0%} '
                          f'| {verdict} |')
