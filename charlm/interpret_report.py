@@ -11,6 +11,7 @@ so an interrupted or failed run leaves nothing half-written.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -174,11 +175,15 @@ button.unit.on { background: #333; color: #fff; }
   padding: 4px 8px; font: 12px monospace; pointer-events: none; box-shadow: 2px 2px 4px #aaa; }
 #tip table { border-collapse: collapse; } #tip td { padding: 0 6px; }
 #now { font: 13px monospace; margin: 0.3em 0; }
+#claims { border-collapse: collapse; font-size: 13px; margin: 0.4em 0 1em; }
+#claims td, #claims th { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
 </style></head><body>
 <h2>Inside the model: units, their text features, next-character guesses</h2>
 <p id="summary"></p>
 <p>Click a unit to colour the text by its activation (red positive, blue negative, after
 reading each character). Hover a character for both models' five likeliest next characters.</p>
+<details open><summary>The tutorials' claims about the gates, tested (claims.md)</summary>
+__CLAIMS__</details>
 <div id="now"></div>
 <div id="wrap"><div id="units"></div><div id="text"></div></div>
 <h3>Gate saturation</h3>
@@ -265,9 +270,21 @@ function esc(s) {
 """
 
 
+def claims_html(tables: dict) -> str:
+    rows = ['<tr><th>claim</th><th>layer</th><th>difference</th><th>95% interval</th>'
+            '<th>verdict</th></tr>']
+    for v in tables['claims']['claims']:
+        for r in v['layers']:
+            rows.append(f'<tr><td>{html.escape(v["claim"])}</td><td>{r["layer"]}</td>'
+                        f'<td>{r["difference"]:+.4f}</td><td>[{r["low"]:+.4f}, '
+                        f'{r["high"]:+.4f}]</td><td>{r["verdict"]}</td></tr>')
+    return '<table id="claims">' + ''.join(rows) + '</table>'
+
+
 def page_html(tables: dict, png: bytes) -> str:
     data = json.dumps(plain(page_data(tables)), ensure_ascii=False).replace('</', '<\\/')
-    return PAGE.replace('__PNG__', base64.b64encode(png).decode()).replace('__DATA__', data)
+    return (PAGE.replace('__PNG__', base64.b64encode(png).decode())
+            .replace('__CLAIMS__', claims_html(tables)).replace('__DATA__', data))
 
 
 def json_tables(tables: dict) -> dict[str, dict]:

@@ -252,6 +252,7 @@ def test_the_page_works_in_a_real_browser(checkpoint, tmp_path):
             tip = page.locator('#tip')
             assert tip.is_visible() and 'gram' in tip.inner_text()
             assert page.locator('#saturation').evaluate('e => e.naturalWidth') > 100
+            assert page.locator('#claims tr').count() == 1 + 2 * len(interpret.CLAIMS)
             page.screenshot(path=str(tmp_path / 'page.png'), full_page=True)
             if os.environ.get('CHARLM_SCREENSHOT'):
                 shutil.copy(tmp_path / 'page.png', os.environ['CHARLM_SCREENSHOT'])
