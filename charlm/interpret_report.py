@@ -301,6 +301,7 @@ def write(tables: dict, out: str, source: str = '') -> pathlib.Path:
     earlier output of inspect there is replaced)."""
     final = check_out(out)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{final.name}.', dir=final.parent))
+    old = None
     try:
         for name, content in json_tables(tables).items():
             (tmp / name).write_text(json.dumps(plain(content | {'source': source}), indent=1)
@@ -310,7 +311,6 @@ def write(tables: dict, out: str, source: str = '') -> pathlib.Path:
         (tmp / 'saturation.png').write_bytes(png)
         (tmp / 'index.html').write_text(page_html(tables, png), encoding='utf-8')
         os.chmod(tmp, 0o755)
-        old = None
         if final.exists():
             old = final.parent / f'{tmp.name}.old'
             final.rename(old)
@@ -319,5 +319,7 @@ def write(tables: dict, out: str, source: str = '') -> pathlib.Path:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not final.exists():
+            old.rename(final)  # the earlier output back, as it was
         raise
     return final
