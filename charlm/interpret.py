@@ -209,8 +209,7 @@ def capture(model, params, ids: np.ndarray, cls_NxK: np.ndarray, streams: int | 
     cls = np.concatenate([np.concatenate([cls_NxK, np.zeros((pad, cls_NxK.shape[1]))]), valid],
                          1).reshape(s, steps, -1).astype(np.float32)
     carry = model.init_carry(s)
-    parts = []
-    error = 0.0
+    parts, error = [], 0.0
     for start in range(0, steps, t):
         sl = slice(start, start + t)
         carry, layers, pred = _chunk(model, params, carry, tok[:, sl], tgt[:, sl], cls[:, sl])
@@ -378,6 +377,9 @@ def symbols_of(tokenizer, ids) -> str:
 def check_model(run) -> None:
     """A model inspect can read: a char or byte model with gates."""
     gate_names(run.model.cell)
+    if getattr(run.model, 'softmax', 'full') != 'full':
+        raise CharLMError(f"inspect reads models with the full softmax, not model.softmax="
+                          f"{run.model.softmax!r}")
     if run.tokenizer.kind == 'word':
         raise CharLMError('inspect reads character models, and this is a word model: its '
                           'units and gates step once a word, not once a character')
