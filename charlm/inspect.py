@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from charlm import cli, interpret, interpret_report, runs
+from charlm import cli, data, interpret, interpret_report, runs
 from charlm.errors import CharLMError
 
 
@@ -31,7 +31,6 @@ def inspect(workdir: str, out: str, text_file: str | None = None, split: str | N
     run = runs.find(workdir, step)
     interpret.check_model(run)
     if text_file:
-        from charlm import data
         text = data.load_text(text_file)
         tables = interpret.analyse(run, text, max_chars)
         source = text_file

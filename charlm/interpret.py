@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from charlm import activations, tokenizers
+from charlm import activations, data, tokenizers
 from charlm import model as model_lib
 from charlm import ngram as ngram_lib
 from charlm.errors import CharLMError
@@ -387,7 +387,6 @@ def check_model(run) -> None:
 
 def corpus(run):
     """The run's own corpus as training cut it (prepared on first use)."""
-    from charlm import data
     try:
         return data.load_corpus(run.config, run.tokenizer)
     except CharLMError as e:
