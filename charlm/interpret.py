@@ -1,7 +1,7 @@
 """Inside a trained character model: its gates against character classes, its units against
 text features, how saturated its gates are, and where it beats an n-gram model.
 
-  tables = interpret.analyse(run, text, train_ids)   # what `charlm.inspect` writes
+  tables = interpret.analyse(run, text)   # what `charlm.inspect` writes; run.inspect(text)
 
 After Karpathy, Johnson and Fei-Fei, "Visualizing and Understanding Recurrent Networks"
 (2015). The text is cut into S contiguous streams read side by side, each from a zero state
