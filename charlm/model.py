@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from charlm import cells, kernels
+from charlm import cells, kernels, losses
 from charlm.errors import CharLMError
 
 CELLS = {
@@ -88,6 +88,11 @@ class RecurrentLM(nn.Module):
     tie_embeddings: bool = False
     mogrifier_rounds: int = 5  # mogrifier only: rounds x and h gate each other per step
     mogrifier_rank: int = 0  # mogrifier only: rank of Q and R (0 = full rank)
+    softmax: str = 'full'  # 'full' | 'adaptive' (charlm.losses: Grave et al.'s)
+    adaptive_cutoffs: tuple[int, ...] = ()  # adaptive: where the head's shortlist and
+    #                                         each cluster end (ids ordered by frequency)
+    adaptive_div: float = 4.0  # adaptive: tail i projects to H / div^(i+1) units
+    loss_chunk_mb: float = 64.0  # the loss makes at most this many MB of logits at a time
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -110,6 +115,11 @@ class RecurrentLM(nn.Module):
         if self.mogrifier_rank < 0:
             raise CharLMError(f'model.mogrifier_rank must be >= 0 (0: full rank), got '
                               f'{self.mogrifier_rank}')
+        losses.check(self.softmax, self.adaptive_cutoffs, self.vocab_size, self.loss_chunk_mb,
+                     self.adaptive_div)
+        if self.tie_embeddings and self.softmax != 'full':
+            raise CharLMError("model.tie_embeddings ties the full softmax's output layer: "
+                              "use it with model.softmax='full'")
         if self.tie_embeddings and self.embed_dim != self.hidden_sizes[-1]:
             raise CharLMError(f'model.tie_embeddings needs embed_dim equal to the last layer\'s '
                               f'size ({self.hidden_sizes[-1]}), got embed_dim={self.embed_dim}')
@@ -171,8 +181,11 @@ class RecurrentLM(nn.Module):
                 and 2 * self.vocab_size <= num_tokens)
 
     @nn.compact
-    def __call__(self, carry: Carry, tokens_BxT: jax.Array, train: bool = False
-                 ) -> tuple[Carry, jax.Array]:
+    def __call__(self, carry: Carry, tokens_BxT: jax.Array, train: bool = False,
+                 features: bool = False) -> tuple[Carry, jax.Array]:
+        """(new carry, logits_BxTxV); an adaptive softmax's logits are its exact
+        log-probabilities. features=True: the last layer's output x_BxTxH instead, which
+        `token_nll` scores without making the whole logits."""
         embed = nn.Embed(self.vocab_size, self.embed_dim, name='embed')
         embedding_VxE = embed.embedding
         if train and self.embed_dropout:  # whole rows, one mask per step
@@ -192,6 +205,12 @@ class RecurrentLM(nn.Module):
             c, x_BxTxE = self.layer(i, train=train)(carry[i], x_BxTxE)
             new_carry.append(c)
         x_BxTxE = kernels.Dropout(self.dropout_rate, not train, locked)(x_BxTxE)
+        if features:
+            return tuple(new_carry), x_BxTxE
+        if self.softmax == 'adaptive':
+            return tuple(new_carry), AdaptiveSoftmax(
+                self.vocab_size, self.adaptive_cutoffs, self.adaptive_div, self.dtype,
+                name='adaptive')(x_BxTxE)
         if self.tie_embeddings:
             bias_V = self.param('head_bias', nn.initializers.zeros, (self.vocab_size,))
             logits_BxTxV = embed.attend(x_BxTxE.astype(self.dtype)) + bias_V[None, None]
@@ -199,11 +218,60 @@ class RecurrentLM(nn.Module):
             logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x_BxTxE)
         return tuple(new_carry), logits_BxTxV.astype(jnp.float32)
 
+    def loss_in_one_block(self, num_rows: int) -> bool:
+        """Whether the loss of num_rows targets is today's one block of full logits
+        (`__call__`'s) rather than `token_nll`'s chunks."""
+        return (self.softmax == 'full'
+                and num_rows <= losses.chunk_rows(self.loss_chunk_mb, self.vocab_size))
+
+    def token_nll(self, params, x_BxTxH: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+        """nll_BxT of the targets from the last layer's output (`features=True`), the
+        logits made in chunks of at most loss_chunk_mb (charlm.losses)."""
+        x_NxH, t_N = x_BxTxH.reshape(-1, x_BxTxH.shape[-1]), targets_BxT.reshape(-1)
+        if self.softmax == 'adaptive':
+            nll_N = losses.adaptive_nll(params['adaptive'], x_NxH, t_N, self.adaptive_cutoffs,
+                                        self.vocab_size, self.loss_chunk_mb, self.dtype)
+        else:
+            nll_N = losses.full_nll(lambda x: self.head_logits(params, x), x_NxH, t_N,
+                                    self.vocab_size, self.loss_chunk_mb)
+        return nll_N.reshape(targets_BxT.shape)
+
+    def head_logits(self, params, x_NxH: jax.Array) -> jax.Array:
+        """The full softmax's float32 logits, computed as `__call__` computes them."""
+        if self.tie_embeddings:  # Embed.attend promotes to float32
+            y = jnp.dot(x_NxH.astype(self.dtype).astype(jnp.float32),
+                        params['embed']['embedding'].T)
+            return y + params['head_bias'][None]
+        h = params['head']
+        y = jnp.dot(x_NxH.astype(self.dtype), h['kernel'].astype(self.dtype))
+        return (y + h['bias'].astype(self.dtype)[None]).astype(jnp.float32)
+
     def head(self, params) -> dict:
         """The output layer's {'kernel': [H, V], 'bias': [V]}, tied or not."""
         if self.tie_embeddings:
             return {'kernel': params['embed']['embedding'].T, 'bias': params['head_bias']}
         return params['head']
+
+
+class AdaptiveSoftmax(nn.Module):
+    """Grave et al.'s adaptive softmax (charlm.losses): x_...xH -> exact logp_...xV."""
+
+    vocab_size: int
+    cutoffs: tuple[int, ...]
+    div: float = 4.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden, c = x.shape[-1], self.cutoffs
+        init, zeros = nn.initializers.lecun_normal(), nn.initializers.zeros
+        p = {'head_kernel': self.param('head_kernel', init, (hidden, c[0] + len(c))),
+             'head_bias': self.param('head_bias', zeros, (c[0] + len(c),))}
+        for i, (units, tokens) in enumerate(losses.tail_sizes(hidden, c, self.vocab_size,
+                                                              self.div)):
+            p[f'tail{i}_proj'] = self.param(f'tail{i}_proj', init, (hidden, units))
+            p[f'tail{i}_out'] = self.param(f'tail{i}_out', init, (units, tokens))
+        return losses.adaptive_log_probs(p, x, c, self.dtype)
 
 
 # Generation, one token at a time. A stepper has start(carry) -> state, step(state,
@@ -233,7 +301,8 @@ def stepper(model: RecurrentLM, params):
     """The generation step for `model`, chosen once: a float32 LSTM's re-laid weights
     (`kernels.FoldedStepper`, one product per layer and token), else `ApplyStepper`.
     Both compute what `model.apply` computes, to float rounding (tests check this)."""
-    if model.cell == 'lstm' and jnp.dtype(model.dtype) == jnp.float32:
+    if (model.cell == 'lstm' and jnp.dtype(model.dtype) == jnp.float32
+            and model.softmax == 'full'):
         return kernels.FoldedStepper.make(params, len(model.hidden_sizes), model.head(params))
     return ApplyStepper(params, model)
 
@@ -241,7 +310,8 @@ def stepper(model: RecurrentLM, params):
 def summary(model: RecurrentLM, params) -> str:
     """A per-layer table of parameter shapes and counts, like PyTorch's print(model)."""
     rows = [('layer', 'parameters', 'count')]
-    order = ['embed'] + [f'{model.cell}_{i}' for i in range(len(model.hidden_sizes))] + ['head']
+    order = (['embed'] + [f'{model.cell}_{i}' for i in range(len(model.hidden_sizes))]
+             + ['head', 'adaptive'])
     for name in sorted(params, key=lambda n: order.index(n) if n in order else len(order)):
         sub = params[name]
         leaves = jax.tree_util.tree_flatten_with_path(sub)[0]

@@ -81,7 +81,10 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int, *,
         variational_dropout=m.get('variational_dropout', False),
         weight_drop=m.get('weight_drop', 0.0), embed_dropout=m.get('embed_dropout', 0.0),
         tie_embeddings=m.get('tie_embeddings', False),
-        mogrifier_rounds=m.get('mogrifier_rounds', 5), mogrifier_rank=m.get('mogrifier_rank', 0))
+        mogrifier_rounds=m.get('mogrifier_rounds', 5), mogrifier_rank=m.get('mogrifier_rank', 0),
+        softmax=m.get('softmax', 'full'), adaptive_cutoffs=tuple(m.get('adaptive_cutoffs', ())),
+        adaptive_div=float(m.get('adaptive_div', 4.0)),
+        loss_chunk_mb=float(m.get('loss_chunk_mb', 64.0)))
 
 
 def layer_sizes(config) -> tuple[int, ...]:
@@ -194,11 +197,16 @@ def to_host(state: TrainState) -> TrainState:
 
 
 def _nll(model, params, carry, batch, train: bool, dropout_key=None):
+    """(carry, nll_BxT): training's, evaluation's and dynamic evaluation's one loss. A
+    small vocabulary's logits are made at once; a large one's (or an adaptive softmax's)
+    in chunks that are never all held (`model.token_nll`)."""
     rngs = {'dropout': dropout_key} if dropout_key is not None else {}
-    carry, logits_BxTxV = model.apply({'params': params}, carry, batch['inputs'], train=train,
-                                      rngs=rngs)
-    nll_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch['targets'])
-    return carry, nll_BxT
+    one_block = model.loss_in_one_block(batch['targets'].size)
+    carry, out = model.apply({'params': params}, carry, batch['inputs'], train=train,
+                             rngs=rngs, features=not one_block)
+    if one_block:  # out: logits_BxTxV
+        return carry, optax.softmax_cross_entropy_with_integer_labels(out, batch['targets'])
+    return carry, model.token_nll(params, out, batch['targets'])
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, model, axis_name='batch'):

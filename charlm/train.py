@@ -63,7 +63,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         value = config.model.get(name, 0.0)
         if not 0 <= value < 1:
             raise CharLMError(f'model.{name} must be in [0, 1), got {value!r}')
-    steps.make_model(config, 2)  # the cell, impl, rounds, sizes: before the corpus is read
+    # the cell, impl, rounds, sizes, output layer: before the corpus is read (the cutoffs
+    # are checked against the vocabulary once it is known)
+    cutoffs = [c for c in config.model.get('adaptive_cutoffs', ()) if isinstance(c, int)]
+    steps.make_model(config, 2 + max(cutoffs or [0]))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -121,7 +124,12 @@ def _setup(config, init_key, saved_tokenizer) -> tuple[data.Corpus, Any, steps.T
     """The corpus (tokenized with the saved tokenizer when resuming), model and fresh state."""
     corpus = data.load_corpus(config, saved_tokenizer)
     tok = corpus.tokenizer
-    model = steps.make_model(config, tok.vocab_size)
+    model = steps.make_model(config, tok.vocab_size)  # the cutoffs against the vocabulary
+    if model.softmax == 'adaptive' and tok.kind == 'char' and not tok.folds:
+        raise CharLMError("model.softmax='adaptive' needs ids ordered by frequency, and a "
+                          'char vocabulary is in code-point order unless it folds rare '
+                          'characters: set data.max_vocab (e.g. the vocabulary size, '
+                          f'{tok.vocab_size}, to keep every character) or data.min_count')
     if config.sample.prompts and config.sample.length > 0:  # else: no samples are drawn
         from charlm import sampler
         s = config.sample

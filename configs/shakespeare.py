@@ -49,6 +49,15 @@ def get_config() -> ml_collections.ConfigDict:
     m.weight_drop = 0.0  # DropConnect on each layer's recurrent weights, a mask per step
     m.embed_dropout = 0.0  # drop whole embedding rows (token types) per step
     m.tie_embeddings = False  # head = embedding^T (+ a bias); needs embed_dim = last layer
+    # The output layer. 'full': a softmax over the whole vocabulary. 'adaptive': Grave et
+    # al.'s adaptive softmax for large vocabularies (a head over the frequent tokens and
+    # one logit per cluster, smaller tails), exact log-probabilities; ids must be ordered by
+    # frequency (word models; a char model that folds with data.max_vocab / min_count)
+    m.softmax = 'full'
+    m.adaptive_cutoffs = (2000, 10000)  # adaptive: the shortlist and each cluster end here
+    m.adaptive_div = 4.0  # adaptive: tail i projects to hidden / div^(i+1) units
+    m.loss_chunk_mb = 64.0  # the loss makes at most this many MB of logits at a time (per
+    # device): a 40k-word vocabulary trains in the memory a small one does; same numbers
     m.impl = 'hoisted'  # LSTM: 'hoisted' input matmul + fused backward (fast) | 'cell' (Flax
     # OptimizedLSTMCell in nn.scan, the reference) | 'cudnn' (cuDNN's fused LSTM, CUDA GPUs,
     # float32); all three share parameters and checkpoints. mingru/minlstm: the parallel
