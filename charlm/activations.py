@@ -33,7 +33,7 @@ from absl import logging
 from flax import linen as nn
 
 from charlm import model as model_lib
-from charlm import scoring, steps
+from charlm import scoring, steps, tokenizers
 from charlm.errors import CharLMError
 
 # Gate name -> (input Dense, hidden Dense) of the Flax cell; the panel order of the figure.
@@ -128,8 +128,7 @@ def _capture(model, params, tokens_1xT, layer):
             cell_state = model.cell in model_lib.LSTM_CARRY
             out[STATE[model.cell]] = (carries[0] if cell_state else carries)[:, 0]
         x_1xTxE = jnp.swapaxes(h_Tx1xH, 0, 1)  # dropout is off at evaluation
-    head = nn.Dense(model.vocab_size, dtype=model.dtype)
-    out['logits'] = head.apply({'params': params['head']}, x_1xTxE)[0]
+    out['logits'] = model.output(params, x_1xTxE)[0]
     out['model_logits'] = model_logits_1xTxV[0]
     return out
 
@@ -143,7 +142,7 @@ def capture_text(run, text: str, layer: int = 0, max_tokens: int | None = None
     check_layer(layer, len(steps.layer_sizes(run.config)))
     tok = run.tokenizer
     scoring.check_text(tok, text)
-    ids = tok.encode(text, warn=True) if tok.kind == 'word' else tok.encode(text)
+    ids = tok.encode(text, warn=True) if tokenizers.reads_unknown(tok) else tok.encode(text)
     if len(ids) == 0:
         raise CharLMError('the text is empty')
     if max_tokens is not None and len(ids) > max_tokens:

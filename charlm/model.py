@@ -236,15 +236,24 @@ class RecurrentLM(nn.Module):
                                     self.vocab_size, self.loss_chunk_mb)
         return nll_N.reshape(targets_BxT.shape)
 
+    def output(self, params, x_NxH: jax.Array) -> jax.Array:
+        """The output layer on the last layer's output (any leading axes), as `__call__`
+        applies it: logits, or an adaptive softmax's exact log-probabilities."""
+        if self.softmax == 'adaptive':
+            return losses.adaptive_log_probs(params['adaptive'], x_NxH, self.adaptive_cutoffs,
+                                             self.dtype)
+        return self.head_logits(params, x_NxH)
+
     def head_logits(self, params, x_NxH: jax.Array) -> jax.Array:
         """The full softmax's float32 logits, computed as `__call__` computes them."""
+        lead = (1,) * (x_NxH.ndim - 1)  # explicit broadcasting (rank promotion is an error)
         if self.tie_embeddings:  # Embed.attend promotes to float32
             y = jnp.dot(x_NxH.astype(self.dtype).astype(jnp.float32),
                         params['embed']['embedding'].T)
-            return y + params['head_bias'][None]
+            return y + params['head_bias'].reshape(lead + (-1,))
         h = params['head']
         y = jnp.dot(x_NxH.astype(self.dtype), h['kernel'].astype(self.dtype))
-        return (y + h['bias'].astype(self.dtype)[None]).astype(jnp.float32)
+        return (y + h['bias'].astype(self.dtype).reshape(lead + (-1,))).astype(jnp.float32)
 
     def head(self, params) -> dict:
         """The output layer's {'kernel': [H, V], 'bias': [V]}, tied or not."""

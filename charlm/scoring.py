@@ -27,8 +27,8 @@ from charlm.tokenizers import _show
 
 def check_text(tokenizer: tokenizers.Tokenizer, text: str | bytes) -> None:
     """A char (byte) model cannot read characters (bytes) it never saw: a one-line error
-    naming them."""
-    missing = tokenizer.unknown(text) if tokenizer.kind != 'word' else []
+    naming them (a folding char model reads them as U+FFFD, as a word model reads <unk>)."""
+    missing = tokenizer.unknown(text) if not tokenizers.reads_unknown(tokenizer) else []
     if missing:
         what = tokenizers.text_units(tokenizer.kind)
         raise CharLMError(f'the text has {what} the model never saw in training: '
@@ -60,12 +60,14 @@ def score(run, params, text: str | bytes, window: int | None = None,
     """
     tok = run.tokenizer
     check_text(tok, text)
-    ids = tok.encode(text)
+    ids = tok.encode(text, warn=True) if tokenizers.reads_unknown(tok) else tok.encode(text)
     chars = (len(ids) - 1 if tok.kind == 'byte'
              else data.predicted_chars(tok, text))  # all but the first token's, as training
     out = score_ids(run, params, ids, chars, window, token_losses)
-    if tok.kind == 'word':
-        out.update(unknown_tokens=int(np.sum(ids == 0)), unknown_words=tok.unknown(text)[:20])
+    if tokenizers.reads_unknown(tok):
+        out['unknown_tokens'] = int(np.sum(ids == 0))
+        out['unknown_words' if tok.kind == 'word' else 'unknown_characters'] = tok.unknown(
+            text)[:20]
     return out
 
 
@@ -91,7 +93,8 @@ def score_ids(run, params, ids, chars: int, window: int | None = None,
         'window': window,
         'loss': metrics['loss'], 'bits_per_token': metrics['bits_per_token'],
         f'bits_per_{per}': metrics[f'bits_per_{per}'], 'perplexity': metrics['perplexity'],
-        'unknown_tokens': int(np.sum(np.asarray(ids) == 0)) if tok.kind == 'word' else 0,
+        'unknown_tokens': (int(np.sum(np.asarray(ids) == 0)) if tokenizers.reads_unknown(tok)
+                           else 0),
         'unknown_words': [],
     }
 

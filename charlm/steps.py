@@ -25,7 +25,7 @@ from flax import jax_utils
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from charlm import data
+from charlm import data, jax_private
 from charlm import model as model_lib
 from charlm.errors import CharLMError
 
@@ -53,7 +53,7 @@ class TrainState(train_state.TrainState):
 
 def _has_cuda() -> bool:
     return (jax.default_backend() == 'gpu'
-            and 'rocm' not in str(jax.devices()[0].client.platform_version).lower())
+            and 'rocm' not in jax_private.platform_version().lower())
 
 
 def make_model(config: ml_collections.ConfigDict, vocab_size: int, *,

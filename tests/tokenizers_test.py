@@ -61,3 +61,11 @@ def test_char_folding_warns_on_unknown_and_plain_vocab_is_unchanged():
 def test_char_folding_bad_caps(max_vocab, min_count, match):
     with pytest.raises(CharLMError, match=match):
         tokenizers.CharTokenizer.from_text('abcabc', max_vocab, min_count)
+
+
+def test_scoring_reads_folded_characters_and_refuses_unseen_ones():
+    from charlm import scoring
+    folded = tokenizers.CharTokenizer.from_text('hello world', max_vocab=4)
+    scoring.check_text(folded, 'hez!')  # read as U+FFFD: no error
+    with pytest.raises(CharLMError, match="never saw in training: 'z', '!'"):
+        scoring.check_text(tokenizers.CharTokenizer.from_text('hello world'), 'hez!')
