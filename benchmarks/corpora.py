@@ -151,7 +151,7 @@ def bench(args, corpus: str) -> dict:
     row = {'corpus': corpus, 'bytes': os.path.getsize(corpus)}
 
     def run(module: str, flags: list[str], log: str) -> dict:
-        cmd = [args.python, '-m', f'charlm.{module}', '--config=configs/shakespeare.py'] + flags
+        cmd = [args.python, '-m', f'charlm.{module}', f'--config={args.config}'] + flags
         print('  ', ' '.join(cmd), flush=True)
         return timed(cmd, args.repo, log)
 
@@ -208,6 +208,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--corpus', action='append', default=[], help='a UTF-8 file; repeatable')
+    p.add_argument('--config', default='configs/shakespeare.py', help='the config file run')
     p.add_argument('--runs', type=int, default=3, help='runs per measurement (median, min-max)')
     p.add_argument('--repo', default=str(REPO), help='the charlm checkout to run')
     p.add_argument('--python', default=sys.executable, help='the Python that runs charlm')

@@ -17,7 +17,7 @@ On the val split it scores
   1.2114 with dynamic evaluation, Krause et al.'s rule (`--dynamic_rule=rms-global
          --dynamic_seq_len=20`), its lr (4e-5) and decay (0.001) chosen together on
          another text (`--dynamic_tune_file`: Hamlet's first 50k characters, absent from
-         tiny-shakespeare; the command is in README, Results) over lr 2e-5, 3e-5, 4e-5,
+         tiny-shakespeare; the command is in docs/evaluation.md) over lr 2e-5, 3e-5, 4e-5,
          6e-5 and decay 0, 0.001, 0.003, 0.01 (the batch-64 grid, lr 1e-5 to 3e-5, picks
          its edge, 3e-5 and 0.001: 1.2148).
 The windowed-100 curve at 500-step evals: 1.6771, 1.5414, 1.5206, 1.4883, 1.4660, 1.4578,
@@ -92,7 +92,7 @@ The horizon was 2,800 until 2026-12-04; at 2,800 steps with Adam this config sco
 horizon, with Adam and dropout 0.4.
 
 Ablation (2026-12-02, at the 2,800-step horizon, seed 0 unless named, one change each;
-`charlm.compare`, command in README.md): best windowed-100 val nats/char (its step)
+`charlm.compare`, command in docs/results.md): best windowed-100 val nats/char (its step)
   this config (dropout 0.4 + weight_drop 0.1)     1.4588 (2750)
   dropout_rate=0 (weight_drop only)              1.4747 (2250; overfits, train 1.12)  +0.0159
   weight_drop=0 (dropout only)                   1.4616 (2500)                        +0.0028
@@ -115,7 +115,7 @@ def get_config():
     c.data.seq_len = 100  # BPTT and eval window; a 200 x batch-32 probe logged 7.1k chars/s
     # against 10.1k for 100 x 64, but under heavier load, so that is not a clean comparison
     c.model.num_layers = 2  # two stacked LSTM layers (default)
-    c.model.hidden_size = 512  # 3.3M parameters; 10-11k chars/s quiet (2 x 256: ~22k, README)
+    c.model.hidden_size = 512  # 3.3M parameters; 10-11k chars/s quiet (2 x 256: ~22k, docs/results.md)
     c.model.embed_dim = 64  # default embedding width; layer 0 folds it into a [V, 4H] table
     c.model.dropout_rate = 0.35  # between the layers and before the head (at lr 4e-3, 0.4:
     # 1.4286 / 1.4038, 0.45: 1.4315 / 1.4066; 0.25 overfit at lr 2e-3 with Adam)

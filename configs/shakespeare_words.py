@@ -13,7 +13,7 @@ Any UTF-8 file works the same way (its vocabulary is built from the file):
 
 Tied input and output embeddings (--config.model.tie_embeddings=True, which needs
 --config.model.embed_dim=256 here) save 2.56M parameters; at 1,500 steps they scored 4.7476
-nats/word against 4.7138 untied at embed_dim 256 (README, Results): off until a longer run says.
+nats/word against 4.7138 untied at embed_dim 256 (docs/results.md): off until a longer run says.
 The seed's Nietzsche model (Embedding 100 -> LSTM 150 -> LSTM 100 -> softmax) is
   --config.model.embed_dim=100 --config.model.hidden_sizes='(150, 100)'
 """
