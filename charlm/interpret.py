@@ -64,7 +64,7 @@ def check_text(tokenizer, text: str) -> str:
     if not text:
         raise CharLMError('the text is empty')
     missing = tokenizer.unknown(text)
-    if missing:
+    if missing and not getattr(tokenizer, 'folds', False):  # a folding one reads them as U+FFFD
         raise CharLMError('the text has characters the model never saw in training: '
                           f'{tokenizers._show(missing)}')
     symbols = text.encode('utf-8').decode('latin-1') if tokenizer.kind == 'byte' else text
@@ -174,9 +174,7 @@ def _chunk(model, params, carry, tokens_SxT, targets_SxT, classes_SxTxK):
             'right': {g: jnp.einsum('ts,tsh->h', valid, (v > HIGH).astype(v.dtype))
                       for g, v in gates.items()},
             'states': {k: jnp.swapaxes(v, 0, 1) for k, v in states.items()}})  # SxTxH
-    head = model.head(params)
-    logits = (jnp.swapaxes(x, 0, 1) @ head['kernel'] + head['bias'][None, None]).astype(
-        jnp.float32)
+    logits = model.output(params, jnp.swapaxes(x, 0, 1))  # an adaptive softmax's: log p
     logp = jax.nn.log_softmax(logits) / jnp.log(2.0)
     target = jnp.take_along_axis(logp, jnp.maximum(targets_SxT, 0)[..., None], -1)[..., 0]
     top_p, top_ids = jax.lax.top_k(jnp.exp2(logp), 5)
@@ -377,9 +375,6 @@ def symbols_of(tokenizer, ids) -> str:
 def check_model(run) -> None:
     """A model inspect can read: a char or byte model with gates."""
     gate_names(run.model.cell)
-    if getattr(run.model, 'softmax', 'full') != 'full':
-        raise CharLMError(f"inspect reads models with the full softmax, not model.softmax="
-                          f"{run.model.softmax!r}")
     if run.tokenizer.kind == 'word':
         raise CharLMError('inspect reads character models, and this is a word model: its '
                           'units and gates step once a word, not once a character')
