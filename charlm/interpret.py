@@ -290,9 +290,10 @@ def gate_tables(cap: dict, cls_NxK: np.ndarray, cell: str) -> dict:
             held = bool(na and nb_) and bool(
                 (hi < 0) if sign < 0 else (lo > 0) if sign > 0 else (lo > 0) | (hi < 0))
             opposite = bool((lo > 0) if sign < 0 else (hi < 0) if sign > 0 else False)
-            verdict = ('holds' if held and abs(diff) >= SMALL else 'holds, but small '
-                       f'(under {SMALL})' if held else 'the opposite holds' if opposite
+            verdict = ('holds' if held else 'the opposite holds' if opposite
                        else 'no difference')
+            verdict += f', but small (under {SMALL})' if (held or opposite) and abs(
+                diff) < SMALL else ''
             units = (np.mean(unit_diff * (sign or np.sign(diff)) > 0.05)
                      if na and nb_ else float('nan'))
             rows.append({'layer': i, 'difference': float(diff), 'low': float(lo),
