@@ -1,7 +1,7 @@
 """Speed of `charlm.inspect`'s analysis: 100,000 characters through a 2 x 512 LSTM.
 
-  python benchmarks/inspect.py --text=/path/to/tinyshakespeare.txt   # about 3 minutes
-  python benchmarks/inspect.py --chars=20000 --repeats=1              # a quick look
+  python benchmarks/inspect_speed.py --text=/path/to/tinyshakespeare.txt   # about 3 minutes
+  python benchmarks/inspect_speed.py --chars=20000 --repeats=1              # a quick look
 
 The model is configs/shakespeare_char.py's 2 x 512 LSTM (embed 64, vocab of the text),
 randomly initialised: speed does not depend on the weights. One repeat is everything
