@@ -60,7 +60,7 @@ def score(run, params, text: str | bytes, window: int | None = None,
     """
     tok = run.tokenizer
     check_text(tok, text)
-    ids = tok.encode(text, warn=True) if tokenizers.reads_unknown(tok) else tok.encode(text)
+    ids = tok.encode(text)  # unknown words / folded characters are counted in the output
     chars = (len(ids) - 1 if tok.kind == 'byte'
              else data.predicted_chars(tok, text))  # all but the first token's, as training
     out = score_ids(run, params, ids, chars, window, token_losses)
