@@ -262,7 +262,12 @@ def _model_fields(config) -> dict:
             'tie_embeddings': m.get('tie_embeddings', False),
             'mogrifier_rounds': m.get('mogrifier_rounds', 5) if m['cell'] == 'mogrifier'
             else None,
-            'mogrifier_rank': m.get('mogrifier_rank', 0) if m['cell'] == 'mogrifier' else None}
+            'mogrifier_rank': m.get('mogrifier_rank', 0) if m['cell'] == 'mogrifier' else None,
+            'softmax': m.get('softmax', 'full'),  # .get: configs saved before the field
+            'adaptive_cutoffs': (tuple(m.get('adaptive_cutoffs', ()))
+                                 if m.get('softmax', 'full') == 'adaptive' else None),
+            'adaptive_div': (m.get('adaptive_div', 4.0)
+                             if m.get('softmax', 'full') == 'adaptive' else None)}
 
 
 def check_same_model(saved: dict, config, workdir) -> None:
@@ -284,6 +289,10 @@ def check_same_model(saved: dict, config, workdir) -> None:
     if saved.get('optimizer', 'adam') != config.get('optimizer', 'adam'):  # another state
         diff.append(f'optimizer: {saved.get("optimizer", "adam")} in checkpoint, '
                     f'{config.get("optimizer", "adam")} in config')
+    if (saved.get('optimizer', 'adam') == 'adamw'  # a mask changes AdamW's saved state
+            and saved.get('weight_decay_on', 'all') != config.get('weight_decay_on', 'all')):
+        diff.append(f'weight_decay_on: {saved.get("weight_decay_on", "all")} in checkpoint, '
+                    f'{config.get("weight_decay_on", "all")} in config')
     if diff:
         raise CharLMError(f'workdir {workdir} holds a different model ({"; ".join(diff)}): '
                           'use a new --workdir, or the checkpoint\'s settings')

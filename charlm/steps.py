@@ -122,7 +122,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return _optimizer(config.optimizer, float(config.get('weight_decay', 0.0)),
                       float(config.grad_clip_norm), float(config.learning_rate),
                       float(config.end_lr_fraction), int(config.warmup_steps),
-                      int(config.num_train_steps), adam_b2(config))
+                      int(config.num_train_steps), adam_b2(config),
+                      config.get('weight_decay_on', 'all'))  # .get: configs before the key
 
 
 def adam_b2(config: ml_collections.ConfigDict) -> float:
@@ -130,16 +131,30 @@ def adam_b2(config: ml_collections.ConfigDict) -> float:
     return float(config.get('adam_b2', 0.999))
 
 
+DECAY_ON = ('all', 'kernels')
+
+
+def decayed(params) -> Any:
+    """weight_decay_on='kernels': True for the layers' and the head's weight matrices;
+    False for biases, norm scales and the embedding (AdamW then leaves them alone)."""
+    def kernel(path, x):
+        return x.ndim >= 2 and 'embed' not in jax.tree_util.keystr(path)
+    return jax.tree_util.tree_map_with_path(kernel, params)
+
+
 @functools.lru_cache(maxsize=64)
 def _optimizer(name, weight_decay, clip_norm, learning_rate, end_lr_fraction, warmup_steps,
-               num_train_steps, b2) -> optax.GradientTransformation:
+               num_train_steps, b2, decay_on='all') -> optax.GradientTransformation:
     schedule = make_schedule(types.SimpleNamespace(
         learning_rate=learning_rate, end_lr_fraction=end_lr_fraction,
         warmup_steps=warmup_steps, num_train_steps=num_train_steps))
     if name == 'adam':
         opt = optax.adam(schedule, b2=b2)
     elif name == 'adamw':
-        opt = optax.adamw(schedule, b2=b2, weight_decay=weight_decay)
+        if decay_on not in DECAY_ON:
+            raise CharLMError(f"unknown weight_decay_on {decay_on!r}: use 'all' or 'kernels'")
+        opt = optax.adamw(schedule, b2=b2, weight_decay=weight_decay,
+                          mask=decayed if decay_on == 'kernels' else None)
     else:
         raise CharLMError(f"unknown optimizer {name!r}: use 'adam' or 'adamw'")
     return optax.chain(optax.clip_by_global_norm(clip_norm), opt)

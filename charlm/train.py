@@ -52,6 +52,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise CharLMError(f"unknown optimizer {optimizer!r}: use 'adam' or 'adamw'")
     if not weight_decay >= 0:
         raise CharLMError(f'weight_decay must be >= 0, got {weight_decay!r}')
+    if config.get('weight_decay_on', 'all') not in steps.DECAY_ON:
+        raise CharLMError(f"unknown weight_decay_on {config.weight_decay_on!r}: use 'all' or "
+                          "'kernels'")
     if weight_decay and optimizer != 'adamw':
         raise CharLMError(f'weight_decay={weight_decay} needs --config.optimizer=adamw (Adam '
                           'would ignore it)')

@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 200  # linear warmup from 0
     c.end_lr_fraction = 0.1  # cosine decays to this fraction of the peak at the last step
     c.weight_decay = 0.0  # adamw only
+    c.weight_decay_on = 'all'  # adamw: 'all' parameters, or 'kernels' (the weight matrices;
+    # not biases, norm scales or the embedding, as AWD-LSTM and GPT-2 recipes exclude them)
     c.adam_b2 = 0.999  # Adam's second-moment decay (beta2), adam and adamw
     c.grad_clip_norm = 1.0  # clip the global gradient norm (all devices) to this
     c.ema_decay = 0.0  # > 0: evaluate, keep the best of and sample an exponential moving

@@ -152,3 +152,17 @@ def test_adaptive_config_errors_before_training(tiny_config, tmp_path):
     with pytest.raises(CharLMError, match=r'reach past the vocabulary of 36 tokens'):
         train.train_and_evaluate(tiny_config, str(tmp_path / 'c'))
     assert not (tmp_path / 'c' / 'checkpoints').exists()
+
+
+def test_a_workdir_of_another_output_layer_is_refused_untouched(tiny_config, tmp_path):
+    from charlm import train
+    c = tiny_config
+    c.data.tokenizer = 'word'
+    c.num_train_steps = c.checkpoint_every_steps = c.eval_every_steps = 2
+    train.train_and_evaluate(c, str(tmp_path / 'w'))
+    before = sorted(p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir())
+    c.model.softmax, c.model.adaptive_cutoffs = 'adaptive', (8, 20)
+    c.num_train_steps = 4
+    with pytest.raises(CharLMError, match="softmax: full in checkpoint, adaptive in config"):
+        train.train_and_evaluate(c, str(tmp_path / 'w'))
+    assert sorted(p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir()) == before

@@ -363,8 +363,20 @@ def test_adamw_decays_every_parameter_by_the_scheduled_rate(tiny_config):
         lr = float(steps.make_schedule(tiny_config)(step))
         jax.tree.map(lambda a, w, p, lr=lr: np.testing.assert_allclose(
             w - a, -lr * 0.5 * p, rtol=1e-4, atol=1e-9), u_adam, u_adamw, params)
+    # weight_decay_on='kernels': the weight matrices decay, biases and the embedding do not
+    adamw_config.weight_decay_on = 'kernels'
+    masked = steps.make_optimizer(adamw_config)
+    u_masked, _ = masked.update(grads, masked.init(params), params)
+    u_adam, _ = adam.update(grads, adam.init(params), params)
+    lr = float(steps.make_schedule(tiny_config)(0))
+    flags = steps.decayed(params)
+    assert flags['lstm_0']['hi']['kernel'] and not flags['lstm_0']['hi']['bias']
+    assert not flags['embed']['embedding'] and flags['head']['kernel']
+    jax.tree.map(lambda a, w, p, on: np.testing.assert_allclose(
+        w - a, -lr * 0.5 * p * on, rtol=1e-4, atol=1e-9), u_adam, u_masked, params, flags)
     for field, value, match in [('weight_decay', -1.0, 'weight_decay must be >= 0'),
-                                ('optimizer', 'sgd', "unknown optimizer 'sgd'")]:
+                                ('optimizer', 'sgd', "unknown optimizer 'sgd'"),
+                                ('weight_decay_on', 'biases', "unknown weight_decay_on")]:
         bad = adamw_config.copy_and_resolve_references()
         bad[field] = value
         with pytest.raises(CharLMError, match=match):
