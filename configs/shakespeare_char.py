@@ -27,6 +27,8 @@ issue (1.42 / 1.40 / 1.25) with 0.011 and 0.018 to spare in the first two.
 A second seed (`seed=1`) scores 1.4251 / 1.4003 (best at step 7200; 1.4326 / 1.4076 at
 batch 64): seed 1 runs 0.008-0.019 higher than seed 0 at every setting measured, and misses
 both targets, by 0.005 and 0.0003. Seed 0's timed rerun (below) meets them again.
+A third seed (`seed=2`, 2026-12-07) scores 1.4245 / 1.3991 (best at step 7000). Mean ± sample
+std over seeds 0, 1, 2: 1.4195 ± 0.0092 in windows of 100, 1.3936 ± 0.0105 in windows of 256.
 
 Batch 32 is what changed on the evening of 2026-12-04. On this CPU a step of 32 x 100 runs
 at the same chars/s as one of 64 x 100 (`charlm.bench`, paired: 15,834 and 15,626 against
