@@ -98,17 +98,22 @@ def test_text_streams_out_in_chunks(workdir):
                           '\n']  # 20 tokens in 4 equal calls of 5, each printed at once
 
 
+def untrained_run(tmp_path, name, tok, config):
+    """A workdir holding an untrained checkpoint of `tok`'s vocabulary: enough to sample."""
+    model = steps.make_model(config, tok.vocab_size)
+    state = steps.create_state(model, steps.make_optimizer(config), jax.random.key(0))
+    ckpts = checkpointing.Checkpoints(str(tmp_path / name))
+    ckpts.save(1, state, tok.to_json(), config.to_dict(), {})
+    ckpts.wait()
+    ckpts.close()
+    return str(tmp_path / name)
+
+
 def test_word_model_warns_about_unknown_words(tmp_path, caplog):
     config = make_config(tmp_path)
     config.data.tokenizer = 'word'
-    tok = tokenizers.WordTokenizer.from_text(TEXT)
-    model = steps.make_model(config, tok.vocab_size)
-    state = steps.create_state(model, steps.make_optimizer(config), jax.random.key(0))
-    ckpts = checkpointing.Checkpoints(str(tmp_path / 'words'))
-    ckpts.save(1, state, tok.to_json(), config.to_dict(), {})  # untrained is enough here
-    ckpts.wait()
-    ckpts.close()
-    texts = sample.run(str(tmp_path / 'words'), 'Romeo zebra', length=8, num_samples=2,
+    workdir = untrained_run(tmp_path, 'words', tokenizers.WordTokenizer.from_text(TEXT), config)
+    texts = sample.run(workdir, 'Romeo zebra', length=8, num_samples=2,
                        out=io.StringIO())
     assert "words not in the vocabulary, read as <unk>: 'zebra'" in caplog.text
     assert len(texts) == 2 and all(t.startswith('Romeo zebra') for t in texts)
@@ -118,13 +123,8 @@ def test_word_model_warns_about_unknown_words(tmp_path, caplog):
 def test_folding_char_model_warns_about_folded_characters(tmp_path, caplog):
     config = make_config(tmp_path)
     tok = tokenizers.CharTokenizer.from_text(TEXT, max_vocab=12)
-    model = steps.make_model(config, tok.vocab_size)
-    state = steps.create_state(model, steps.make_optimizer(config), jax.random.key(0))
-    ckpts = checkpointing.Checkpoints(str(tmp_path / 'folded'))
-    ckpts.save(1, state, tok.to_json(), config.to_dict(), {})  # untrained is enough here
-    ckpts.wait()
-    ckpts.close()
-    texts = sample.run(str(tmp_path / 'folded'), 'Zq', length=8, out=io.StringIO())
+    workdir = untrained_run(tmp_path, 'folded', tok, config)
+    texts = sample.run(workdir, 'Zq', length=8, out=io.StringIO())
     assert "characters not in the vocabulary, read as U+FFFD: 'Z', 'q'" in caplog.text
     assert texts[0].startswith('Zq') and len(texts[0]) == 10
 
