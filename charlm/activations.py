@@ -69,33 +69,36 @@ def model_run(model, params, tokens_1xT: jax.Array) -> tuple[jax.Array, jax.Arra
     return jnp.take(params['embed']['embedding'], tokens_1xT, axis=0), logits_1xTxV
 
 
-def step_layer(model, params, layer: int, x_1xTxE: jax.Array):
+def step_layer(model, params, layer: int, carry, x_TxBxE: jax.Array):
     """Steps layer `layer`'s cell (Flax's reference LSTM or GRU cell, else the model's
-    own) with the layer's parameters over the T inputs.
+    own) with the layer's parameters over T steps of B streams, from `carry`.
 
-    Returns (by name, each Tx1xH, the Flax cell's Dense outputs or the charlm cell's
-    sown gates; its carries; h_Tx1xH; the cell).
+    Returns (the last carry; the gates by name, each TxBxH, as sigmoids of the Flax cell's
+    Dense outputs or as the charlm cell sows them; the state TxBxH, the carried c of an
+    LSTM-like cell, else h; h_TxBxH). `charlm.gates` (one stream) and `charlm.inspect`
+    (many) both read the cells through this.
     """
     size = model.hidden_sizes[layer]
     reference = model.cell in REFERENCE_CELLS
     cell = (REFERENCE_CELLS[model.cell](features=size, dtype=model.dtype) if reference
             else model_lib.CELLS[model.cell](features=size, **model.cell_options()))
     layer_params = params[f'{model.cell}_{layer}']
+    lstm_carry = model.cell in model_lib.LSTM_CARRY
 
-    def step(carry, x_1xE):
-        (new_carry, h_1xH), state = cell.apply(
-            {'params': layer_params}, carry, x_1xE, capture_intermediates=reference,
+    def step(carry, x_BxE):
+        (new_carry, h_BxH), state = cell.apply(
+            {'params': layer_params}, carry, x_BxE, capture_intermediates=reference,
             mutable=['intermediates'])
+        rec = state['intermediates']
         if reference:
-            recorded = {k: v['__call__'][0] for k, v in state['intermediates'].items()
-                        if k != '__call__'}
+            rec = {k: v['__call__'][0] for k, v in rec.items() if k != '__call__'}
+            gates = {g: cell.gate_fn(rec[a] + rec[b]) for g, (a, b) in GATES[model.cell].items()}
         else:
-            recorded = {k: v[0] for k, v in state['intermediates'].items()}
-        return new_carry, (recorded, new_carry, h_1xH)
+            gates = {g: rec[g][0] for g in SOWN.get(model.cell, ())}
+        return new_carry, (gates, new_carry[0] if lstm_carry else h_BxH, h_BxH)
 
-    carry = model.init_carry(1)[layer]
-    _, out = jax.lax.scan(step, carry, jnp.swapaxes(x_1xTxE, 0, 1))
-    return (*out, cell)
+    carry, (gates, state_TxBxH, h_TxBxH) = jax.lax.scan(step, carry, x_TxBxE)
+    return carry, gates, state_TxBxH, h_TxBxH
 
 
 def capture(model, params, tokens_1xT: jax.Array, layer: int) -> dict[str, np.ndarray]:
@@ -117,18 +120,14 @@ def capture(model, params, tokens_1xT: jax.Array, layer: int) -> dict[str, np.nd
 def _capture(model, params, tokens_1xT, layer):
     """capture() as one compiled program: the interceptor and the cells run at trace time."""
     x_1xTxE, model_logits_1xTxV = model_run(model, params, tokens_1xT)
+    x_Tx1xE, carry = jnp.swapaxes(x_1xTxE, 0, 1), model.init_carry(1)
     out = {}
     for i in range(len(model.hidden_sizes)):
-        recorded, carries, h_Tx1xH, cell = step_layer(model, params, i, x_1xTxE)
-        if i == layer:
-            for gate, (gi, gh) in GATES.get(model.cell, {}).items():
-                out[gate] = cell.gate_fn(recorded[gi] + recorded[gh])[:, 0]
-            for gate in SOWN.get(model.cell, ()):
-                out[gate] = recorded[gate][:, 0]
-            cell_state = model.cell in model_lib.LSTM_CARRY
-            out[STATE[model.cell]] = (carries[0] if cell_state else carries)[:, 0]
-        x_1xTxE = jnp.swapaxes(h_Tx1xH, 0, 1)  # dropout is off at evaluation
-    out['logits'] = model.output(params, x_1xTxE)[0]
+        _, gates, state_Tx1xH, x_Tx1xE = step_layer(model, params, i, carry[i], x_Tx1xE)
+        if i == layer:  # dropout is off at evaluation
+            out |= {g: v[:, 0] for g, v in gates.items()}
+            out[STATE[model.cell]] = state_Tx1xH[:, 0]
+    out['logits'] = model.output(params, jnp.swapaxes(x_Tx1xE, 0, 1))[0]
     out['model_logits'] = model_logits_1xTxV[0]
     return out
 

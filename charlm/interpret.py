@@ -30,7 +30,7 @@ from charlm import ngram as ngram_lib
 from charlm.errors import CharLMError
 
 # Gate name -> (input Dense, hidden Dense) of the Flax cell; charlm's cells sow theirs.
-GATES, SOWN, REFERENCE_CELLS = activations.GATES, activations.SOWN, activations.REFERENCE_CELLS
+GATES, SOWN = activations.GATES, activations.SOWN
 CLASSES = ('word interior', 'space', 'word onset', 'punctuation', 'newline',
            'speaker newline', 'uppercase', 'sentence boundary', 'speaker turn')
 FEATURES = ('in quotes', 'in brackets', 'line position', 'speaker line', 'word onset',
@@ -129,32 +129,6 @@ def features(text: str) -> np.ndarray:
 # ------------------------------------------------------------------ capture
 
 
-def _step_layer(model, params, i: int, carry, x_TxSxE):
-    """Layer i's cell stepped over T steps: (carry, gates by name TxSxH, state TxSxH per
-    kind, h_TxSxH)."""
-    size = model.hidden_sizes[i]
-    reference = model.cell in REFERENCE_CELLS
-    cell = (REFERENCE_CELLS[model.cell](features=size, dtype=model.dtype) if reference
-            else model_lib.CELLS[model.cell](features=size, **model.cell_options()))
-
-    def step(carry, x_SxE):
-        (carry, h_SxH), state = cell.apply({'params': params[f'{model.cell}_{i}']}, carry,
-                                           x_SxE, capture_intermediates=reference,
-                                           mutable=['intermediates'])
-        rec = state['intermediates']
-        if reference:
-            rec = {k: v['__call__'][0] for k, v in rec.items() if k != '__call__'}
-            gates = {g: cell.gate_fn(rec[a] + rec[b]) for g, (a, b) in GATES[model.cell].items()}
-        else:
-            gates = {g: rec[g][0] for g in SOWN[model.cell]}
-        states = {'cell': carry[0], 'hidden': h_SxH} if model.cell in model_lib.LSTM_CARRY else {
-            'hidden': h_SxH}
-        return carry, (gates, states, h_SxH)
-
-    carry, (gates, states, h_TxSxH) = jax.lax.scan(step, carry, x_TxSxE)
-    return carry, gates, states, h_TxSxH
-
-
 @functools.partial(jax.jit, static_argnames=('model',))
 def _chunk(model, params, carry, tokens_SxT, targets_SxT, classes_SxTxK):
     """T steps of S streams: the per-layer reductions the tables need, the states, and each
@@ -164,7 +138,9 @@ def _chunk(model, params, carry, tokens_SxT, targets_SxT, classes_SxTxK):
     valid = cls[..., -1]  # TxS: the last class column marks real (not padded) positions
     new_carry, layers = [], []
     for i in range(len(model.hidden_sizes)):
-        c, gates, states, x = _step_layer(model, params, i, carry[i], x)
+        c, gates, state, x = activations.step_layer(model, params, i, carry[i], x)
+        states = ({'cell': state, 'hidden': x} if model.cell in model_lib.LSTM_CARRY
+                  else {'hidden': x})
         new_carry.append(c)
         layers.append({
             'mean': {g: v.mean(-1).T for g, v in gates.items()},  # SxT
