@@ -117,9 +117,11 @@ def choose(u_B: jax.Array, logits_BxV: jax.Array, temperature_B: jax.Array | flo
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def prime(model, params, carry, prompt_BxP: jax.Array):
-    """Runs the whole prompt in one call: (carry after it, logits_BxV for the next token)."""
-    carry, logits_BxPxV = model.apply({'params': params}, carry, prompt_BxP)
-    return carry, logits_BxPxV[:, -1]
+    """Runs the whole prompt in one call: (carry after it, logits_BxV for the next token).
+    Only the last position goes through the output layer, so a long prompt of a large
+    vocabulary never makes [B, P, V] logits."""
+    carry, x_BxPxH = model.apply({'params': params}, carry, prompt_BxP, features=True)
+    return carry, model.output(params, x_BxPxH[:, -1])
 
 
 make_stepper = jax.jit(model_lib.stepper, static_argnums=0)

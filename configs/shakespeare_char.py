@@ -117,7 +117,8 @@ def get_config():
     c.data.seq_len = 100  # BPTT and eval window; a 200 x batch-32 probe logged 7.1k chars/s
     # against 10.1k for 100 x 64, but under heavier load, so that is not a clean comparison
     c.model.num_layers = 2  # two stacked LSTM layers (default)
-    c.model.hidden_size = 512  # 3.3M parameters; 10-11k chars/s quiet (2 x 256: ~22k, docs/results.md)
+    c.model.hidden_size = 512  # 3.3M parameters; 10-11k chars/s quiet (2 x 256: ~22k,
+    # docs/results.md)
     c.model.embed_dim = 64  # default embedding width; layer 0 folds it into a [V, 4H] table
     c.model.dropout_rate = 0.35  # between the layers and before the head (at lr 4e-3, 0.4:
     # 1.4286 / 1.4038, 0.45: 1.4315 / 1.4066; 0.25 overfit at lr 2e-3 with Adam)

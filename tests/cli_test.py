@@ -48,7 +48,8 @@ def test_host_allocator_reuses_freed_blocks():
 
 @pytest.mark.parametrize('key,match', [
     ('model.hiden_size', 'unknown config key model.hiden_size: did you mean model.hidden_size?'),
-    ('modle.x', 'unknown config key modle.x: did you mean model? model has no x (its keys: adaptive_cutoffs, adaptive_div, cell, '),
+    ('modle.x', 'unknown config key modle.x: did you mean model? model has no x '
+                '(its keys: adaptive_cutoffs, adaptive_div, cell, '),
     ('modle.hiden_size', 'unknown config key modle.hiden_size: did you mean model.hidden_size?'),
     ('modle', 'unknown config key modle: did you mean model?'),
     ('zzz', 'unknown config key zzz: the config has no zzz (its keys: adam_b2, batch_size, '),

@@ -270,7 +270,8 @@ def check_command(cmd: Command) -> list[tuple[int, str]]:
     if config_file is not None and not _is_placeholder(config_file):
         file = config_file.partition(':')[0]
         if not (ROOT / file).is_file():
-            errors.append((cmd.line_of(config_file), f'--config={config_file}: no such config file'))
+            errors.append((cmd.line_of(config_file),
+                           f'--config={config_file}: no such config file'))
             return errors
         config = load_config(config_file)
     elif keys or variants:

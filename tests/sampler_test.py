@@ -323,3 +323,23 @@ def test_beam_finds_what_an_exhaustive_search_finds():
     assert (np.diff(logp) <= 0).all() and len({tuple(r) for r in ids}) == 27
     narrow, narrow_logp = sampler.beam_search(m, params, prompt, length, beam=3)
     assert narrow_logp[0] <= logp[0] + 1e-6  # a narrow beam can only do as well
+
+
+@pytest.mark.parametrize('options', [{}, {'softmax': 'adaptive', 'adaptive_cutoffs': (20, 40)},
+                                     {'tie_embeddings': True, 'embed_dim': 16}])
+def test_prime_scores_only_the_last_position_as_the_model_does(options):
+    """prime puts the last position alone through the output layer (no [B, P, V] logits);
+    its logits are model.apply's there, for each kind of output layer."""
+    m = model_lib.RecurrentLM(**{'vocab_size': 60, 'embed_dim': 8, 'hidden_sizes': (16,),
+                                 **options})
+    prompt = jnp.asarray(np.arange(24, dtype=np.int32).reshape(2, 12) * 5 % 60)
+    params = jax.jit(m.init)(jax.random.key(1), m.init_carry(2), prompt)['params']
+    carry, last_BxV = sampler.prime(m, params, m.init_carry(2), prompt)
+    want_carry, logits_BxPxV = m.apply({'params': params}, m.init_carry(2), prompt)
+    assert last_BxV.shape == (2, 60)
+    np.testing.assert_allclose(last_BxV, logits_BxPxV[:, -1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(want_carry), strict=True):
+        np.testing.assert_array_equal(a, b)
+    jaxpr = str(jax.make_jaxpr(lambda p, c, x: sampler.prime(m, p, c, x))(
+        params, m.init_carry(2), prompt))
+    assert 'f32[2,12,60]' not in jaxpr and 'f32[2,60]' in jaxpr
