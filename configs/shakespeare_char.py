@@ -29,6 +29,12 @@ batch 64): seed 1 runs 0.008-0.019 higher than seed 0 at every setting measured,
 both targets, by 0.005 and 0.0003. Seed 0's timed rerun (below) meets them again.
 A third seed (`seed=2`, 2026-12-07) scores 1.4245 / 1.3991 (best at step 7000). Mean ± sample
 std over seeds 0, 1, 2: 1.4195 ± 0.0092 in windows of 100, 1.3936 ± 0.0105 in windows of 256.
+All three seeds in one command (`charlm.compare --seeds`; the mean ± std in compare.md):
+  python -m charlm.compare --config=configs/shakespeare_char.py --cells=lstm --seeds=0,1,2 \
+      --out=runs/recipe --window=256 --config.data.path=/path/to/tinyshakespeare.txt
+Levers tried for the mean (2026-12-07, docs/results.md, "The seeds issue's levers"): batch 16
+for 14,400 steps with weight decay on the kernels only ties seed 0 (1.4086 / 1.3821), and
+kernels-only decay alone is level with seed 2 at 12.8M characters; neither was adopted.
 
 Batch 32 is what changed on the evening of 2026-12-04. On this CPU a step of 32 x 100 runs
 at the same chars/s as one of 64 x 100 (`charlm.bench`, paired: 15,834 and 15,626 against
