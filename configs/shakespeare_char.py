@@ -33,8 +33,9 @@ All three seeds in one command (`charlm.compare --seeds`; the mean ± std in com
   python -m charlm.compare --config=configs/shakespeare_char.py --cells=lstm --seeds=0,1,2 \
       --out=runs/recipe --window=256 --config.data.path=/path/to/tinyshakespeare.txt
 Levers tried for the mean (2026-12-07, docs/results.md, "The seeds issue's levers"): batch 16
-for 14,400 steps with weight decay on the kernels only ties seed 0 (1.4086 / 1.3821), and
-kernels-only decay alone is level with seed 2 at 12.8M characters; neither was adopted.
+for 14,400 steps with weight decay on the kernels only ties seed 0 (1.4086 / 1.3821) and
+beats seed 2 (1.4150 / 1.3885, -0.010); its seed 1 is unfinished, so it is not adopted yet.
+Kernels-only decay alone is level with seed 2 at 20.8M characters.
 
 Batch 32 is what changed on the evening of 2026-12-04. On this CPU a step of 32 x 100 runs
 at the same chars/s as one of 64 x 100 (`charlm.bench`, paired: 15,834 and 15,626 against
