@@ -4,8 +4,8 @@
 
 A corpus is read in chunks, never whole, in two passes (`charlm.preparing`): the first
 finds the vocabulary and the split boundaries and fingerprints the file; the second encodes
-it into one token
-file per split, in the smallest unsigned dtype that holds the vocabulary. One folder of
+it into one token file per split, in the smallest unsigned dtype that holds the vocabulary.
+One folder of
 `data.cache_dir` (prepared/NAME-KEY/, KEY from the file's path and the data settings):
   train.bin, val.bin[, test.bin]  the token ids, raw: np.memmap reads windows of them
   tokenizer.json                  the tokenizer, as saved beside each checkpoint
